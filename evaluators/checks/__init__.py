@@ -1,0 +1,1 @@
+"""Checks: one small contract (``Check``) and one class per kind of check."""

@@ -1,0 +1,200 @@
+"""The runtime built from a policy: runs its checks on batches and decides.
+
+``PolicyEngine.build`` turns a validated ``LoadedPolicy`` into checks with
+their models loaded (a missing model is a ``PolicyError`` naming the field);
+``evaluate`` runs one stage's checks over a batch and folds the findings
+into one ``Decision`` per text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from evaluators.checks.base import Check, CheckInput
+from evaluators.errors import ModelMissingError, PolicyError, Problem
+from evaluators.findings import Action, CheckError, Finding
+from evaluators.normalize import NormalizedText, normalize
+from evaluators.policy import LoadedPolicy
+from evaluators.redact import redact
+from evaluators.registry import build_check
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["input", "output"]
+STAGES: tuple[Stage, ...] = ("input", "output")
+
+
+@dataclass
+class Decision:
+    """What the policy decided about one text."""
+
+    action: Action
+    text: str | None
+    """The filtered text: redacted where asked, ``None`` when blocked."""
+    findings: list[Finding]
+    """Every finding, triggered or not."""
+    errors: list[CheckError] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def triggered(self) -> list[Finding]:
+        return [f for f in self.findings if f.triggered]
+
+    def scores(self) -> dict[str, float]:
+        """Highest score per ``check.label`` over engines."""
+        out: dict[str, float] = {}
+        for f in self.findings:
+            key = f"{f.check}.{f.label}"
+            out[key] = max(out.get(key, 0.0), round(f.score, 6))
+        return out
+
+    def engines(self) -> dict[str, str]:
+        """Which engine produced each entry of ``scores()``."""
+        best: dict[str, Finding] = {}
+        for f in self.findings:
+            key = f"{f.check}.{f.label}"
+            if key not in best or f.score > best[key].score:
+                best[key] = f
+        return {k: f.engine for k, f in best.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "text": self.text,
+            "findings": [f.to_dict() for f in self.triggered],
+            "scores": self.scores(),
+            "engines": self.engines(),
+            "errors": [e.to_dict() for e in self.errors],
+        }
+
+
+@dataclass
+class _BoundCheck:
+    check: Check
+    config: Any
+    on_error: Action
+    index: int
+
+
+class PolicyEngine:
+    """Runs one policy's checks; safe to share between threads once built."""
+
+    def __init__(self, loaded: LoadedPolicy, stages: dict[Stage, list[_BoundCheck]]) -> None:
+        self.loaded = loaded
+        self._stages = stages
+
+    @property
+    def policy(self) -> Any:
+        return self.loaded.policy
+
+    @classmethod
+    def build(cls, loaded: LoadedPolicy, *, load_models: bool = True) -> PolicyEngine:
+        """Instantiate the policy's checks and, by default, load their models.
+
+        A missing model becomes a ``PolicyError`` that names the policy file,
+        the line and the field that asked for it.
+        """
+        policy = loaded.policy
+        stages: dict[Stage, list[_BoundCheck]] = {}
+        problems: list[Problem] = []
+        for stage in STAGES:
+            bound: list[_BoundCheck] = []
+            for index, config in enumerate(getattr(policy, stage)):
+                if not config.enabled:
+                    continue
+                check = build_check(config)
+                if load_models:
+                    try:
+                        check.load()
+                    except ModelMissingError as exc:
+                        sub = str(exc.extra.get("field", "")).split(".") if exc.extra.get("field") else []
+                        problems.append(Problem(loaded.locate(stage, index, *sub), exc.detail))
+                        continue
+                on_error = Action(config.on_error or policy.on_error)
+                bound.append(_BoundCheck(check, config, on_error, index))
+            stages[stage] = bound
+        if problems:
+            raise PolicyError(problems)
+        return cls(loaded, stages)
+
+    def load(self) -> None:
+        for bound in self._stages.values():
+            for b in bound:
+                b.check.load()
+
+    def checks(self, stage: Stage) -> list[str]:
+        return [b.check.name for b in self._stages[stage]]
+
+    def evaluate(
+        self,
+        texts: Sequence[str],
+        stage: Stage,
+        *,
+        contexts: Sequence[Sequence[str]] | None = None,
+        extras: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Decision]:
+        """Run ``stage``'s checks over ``texts`` as one batch and decide each."""
+        n = len(texts)
+        normalized = [normalize(t) for t in texts]
+        inputs = [
+            CheckInput(
+                normalized=normalized[i],
+                stage=stage,
+                context=tuple(contexts[i]) if contexts else (),
+                extra=dict(extras[i]) if extras else {},
+            )
+            for i in range(n)
+        ]
+        findings: list[list[Finding]] = [[] for _ in range(n)]
+        errors: list[list[CheckError]] = [[] for _ in range(n)]
+        timings: dict[str, float] = {}
+        for bound in self._stages[stage]:
+            started = time.perf_counter()
+            try:
+                results = bound.check.evaluate(inputs)
+                if len(results) != n:
+                    raise RuntimeError(
+                        f"check {bound.check.name} returned {len(results)} results for {n} inputs"
+                    )
+            except Exception as exc:  # a check that cannot run is never "safe"
+                log.warning(
+                    "check %s failed on a batch of %d: %s (on_error=%s)",
+                    bound.check.name,
+                    n,
+                    type(exc).__name__,
+                    bound.on_error.value,
+                )
+                err = CheckError(
+                    check=bound.check.name,
+                    engine=type(bound.check).__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                    action=bound.on_error,
+                )
+                for i in range(n):
+                    errors[i].append(err)
+            else:
+                for i in range(n):
+                    findings[i].extend(results[i])
+            timings[bound.check.name] = round((time.perf_counter() - started) * 1000, 3)
+        return [_decide(normalized[i], findings[i], errors[i], timings) for i in range(n)]
+
+
+def _decide(
+    normalized: NormalizedText,
+    findings: list[Finding],
+    errors: list[CheckError],
+    timings: dict[str, float],
+) -> Decision:
+    actions = [f.effective_action for f in findings] + [e.action for e in errors]
+    action = Action.strongest(actions)
+    if action is Action.BLOCK:
+        text = None
+    elif any(f.triggered and f.action is Action.REDACT and f.span for f in findings):
+        text = redact(normalized.original, findings)
+    else:
+        text = normalized.original
+    return Decision(action=action, text=text, findings=findings, errors=errors, timings_ms=dict(timings))

@@ -1,0 +1,146 @@
+"""The one error hierarchy of Assay.
+
+The service maps these to RFC 9457 problem details in one place
+(``service/problems.py``); workers record them on failed jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class AssayError(Exception):
+    """Base of every error Assay raises on purpose."""
+
+    code = "assay-error"
+    title = "Assay error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ConfigError(AssayError):
+    """Settings or environment are invalid."""
+
+    code = "config-error"
+    title = "Invalid configuration"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a file a problem sits."""
+
+    file: str
+    line: int | None = None
+    column: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        if self.field:
+            where += f" (field {self.field})"
+        return where
+
+
+@dataclass
+class Problem:
+    """One problem found in a file."""
+
+    location: Location
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class FileValidationError(AssayError):
+    """A YAML/JSON file (policy, suite) is broken; carries every problem found."""
+
+    code = "invalid-file"
+    title = "Invalid file"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "file": p.location.file,
+                "line": p.location.line,
+                "column": p.location.column,
+                "field": p.location.field,
+                "message": p.message,
+            }
+            for p in self.problems
+        ]
+
+
+class PolicyError(FileValidationError):
+    """A policy file is broken: bad YAML, unknown key or check, bad threshold, missing model."""
+
+    code = "invalid-policy"
+    title = "Invalid policy"
+
+
+class PolicyNotFound(AssayError):
+    code = "policy-not-found"
+    title = "Policy not found"
+
+
+class ModelMissingError(AssayError):
+    """A model a policy or the generator needs is not on this machine."""
+
+    code = "model-missing"
+    title = "Model not available"
+
+
+class CheckFailed(AssayError):
+    """A check could not run on a batch; the policy's ``on_error`` decides what follows."""
+
+    code = "check-failed"
+    title = "Check could not run"
+
+
+class InputError(AssayError):
+    """A request is malformed or outside a policy's limits."""
+
+    code = "invalid-input"
+    title = "Invalid input"
+
+
+class PayloadTooLarge(InputError):
+    code = "payload-too-large"
+    title = "Payload too large"
+
+
+class LimitExceeded(InputError):
+    """A generation parameter is outside the policy's limits."""
+
+    code = "limit-exceeded"
+    title = "Parameter outside policy limits"
+
+
+class NotFound(AssayError):
+    code = "not-found"
+    title = "Not found"
+
+
+class Overloaded(AssayError):
+    """Inference did not finish in time or the queue is full."""
+
+    code = "overloaded"
+    title = "Service overloaded"
+
+
+class NotReady(AssayError):
+    code = "not-ready"
+    title = "Not ready"

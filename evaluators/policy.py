@@ -1,0 +1,253 @@
+"""Policy files: a frozen, validated model built from YAML, and its loader.
+
+The policy is data; ``evaluators.engine.PolicyEngine`` is the runtime built
+from it. Every field carries a description, exported as JSON Schema by
+``assay policy schema`` for editors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from evaluators.checks.config import OnError, Strict
+from evaluators.errors import Location, PolicyError, PolicyNotFound, Problem
+from evaluators.registry import check_config_union
+from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
+
+if TYPE_CHECKING:
+    CheckConfig = Any
+else:
+    # Built from the registry, so a new check needs no edit here.
+    CheckConfig = Annotated[check_config_union(), Field(discriminator="check")]
+
+
+class Limits(Strict):
+    """Size limits on what a policy accepts."""
+
+    max_chars: int = Field(
+        default=20_000, gt=0, le=1_000_000, description="Longest text accepted, in characters."
+    )
+    max_batch: int = Field(default=64, gt=0, le=10_000, description="Most texts in one batch call.")
+
+
+class Range(Strict):
+    """Inclusive bounds for a numeric generation parameter."""
+
+    min: float | None = Field(default=None, description="Smallest value allowed.")
+    max: float | None = Field(default=None, description="Largest value allowed.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class GenerationDefaults(Strict):
+    """Sampling defaults applied when a generation request leaves a parameter out."""
+
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
+    top_k: int = Field(default=50, ge=0, description="Keep the k most likely tokens; 0 disables.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Most tokens to generate.")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, description="Penalty on repeated tokens; 1 is none."
+    )
+    stop: tuple[str, ...] = Field(default=(), description="Stop sequences, cut from the output.")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+
+
+class GenerationLimits(Strict):
+    """Bounds a generation request must stay within; outside them it gets a 422."""
+
+    temperature: Range = Field(default=Range(min=0.0, max=2.0), description="Allowed temperature.")
+    top_k: Range = Field(default=Range(min=0, max=1000), description="Allowed top_k.")
+    top_p: Range = Field(default=Range(min=0.0, max=1.0), description="Allowed top_p.")
+    max_new_tokens: Range = Field(default=Range(min=1, max=1024), description="Allowed max_new_tokens.")
+    repetition_penalty: Range = Field(
+        default=Range(min=0.5, max=2.0), description="Allowed repetition_penalty."
+    )
+    max_stop_sequences: int = Field(default=8, ge=0, description="Most stop sequences a request may send.")
+
+
+class GenerationPolicy(Strict):
+    """How generation jobs under this policy run."""
+
+    defaults: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Parameter defaults."
+    )
+    limits: GenerationLimits = Field(default_factory=GenerationLimits, description="Parameter limits.")
+    return_raw_output: bool = Field(
+        default=False,
+        description="Return the unfiltered model output beside the filtered one (off: only filtered).",
+    )
+
+
+class Policy(Strict):
+    """A guardrail policy: which checks run on inputs and outputs, and what they do."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Unique policy name used in requests."
+    )
+    version: str = Field(min_length=1, max_length=32, description="Version of this policy, e.g. 1.2.0.")
+    description: str | None = Field(default=None, description="What the policy is for.")
+    on_error: OnError = Field(
+        default="block",
+        description="Default for checks that cannot run: block (fail closed), flag, or allow (fail open).",
+    )
+    store_raw_text: bool = Field(
+        default=False,
+        description="Allow raw text in logs and stored records. Off: only scores, hashes and redacted text.",
+    )
+    limits: Limits = Field(default_factory=Limits, description="Size limits on requests.")
+    input: tuple[CheckConfig, ...] = Field(default=(), description="Checks run on prompts and user input.")
+    output: tuple[CheckConfig, ...] = Field(default=(), description="Checks run on model outputs.")
+    generation: GenerationPolicy = Field(
+        default_factory=GenerationPolicy, description="Defaults and limits for generation jobs."
+    )
+
+    @field_validator("input", "output")
+    @classmethod
+    def _one_per_check(cls, checks: tuple[Any, ...]) -> tuple[Any, ...]:
+        seen: set[str] = set()
+        for c in checks:
+            if c.check in seen:
+                raise ValueError(f"check {c.check!r} is listed twice in this stage")
+            seen.add(c.check)
+        return checks
+
+    def checks(self, stage: Literal["input", "output"]) -> tuple[Any, ...]:
+        return tuple(c for c in getattr(self, stage) if c.enabled)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy plus where it came from."""
+
+    policy: Policy
+    path: Path
+    sha256: str
+    source: SourceMap
+    data: Any
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def locate(self, *loc: str | int) -> Location:
+        return self.source.locate(loc, self.data)
+
+    def identity(self) -> dict[str, str]:
+        return {"name": self.policy.name, "version": self.policy.version, "sha256": self.sha256}
+
+
+def parse_policy(text: str, file: str) -> LoadedPolicy:
+    """Validate policy ``text``; raise ``PolicyError`` naming file, line and field."""
+    try:
+        data, source = load_yaml(text, file)
+    except YamlProblem as exc:
+        raise PolicyError([exc.problem]) from None
+    if not isinstance(data, dict):
+        raise PolicyError([Problem(Location(file, 1, 1), "a policy must be a YAML mapping")])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            Problem(source.locate(err["loc"], data, missing=err["type"] == "missing"), _message(err))
+            for err in exc.errors()
+        ]
+        raise PolicyError(problems) from None
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return LoadedPolicy(policy=policy, path=Path(file), sha256=sha, source=source, data=data)
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "union_tag_invalid":
+        return (
+            f"unknown check {err['input'].get('check')!r}"
+            if isinstance(err.get("input"), dict)
+            else err["msg"]
+        )
+    msg = str(err["msg"])
+    if "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def load_policy_file(path: Path) -> LoadedPolicy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([Problem(Location(str(path)), f"cannot read: {exc.strerror}")]) from None
+    return parse_policy(text, str(path))
+
+
+def load_policy_dir(directory: Path) -> dict[str, LoadedPolicy]:
+    """Load every ``*.yaml``/``*.yml`` policy in ``directory``; all problems are reported together."""
+    if not directory.is_dir():
+        raise PolicyError([Problem(Location(str(directory)), "policy directory does not exist")])
+    loaded: dict[str, LoadedPolicy] = {}
+    problems: list[Problem] = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            lp = load_policy_file(path)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+            continue
+        if lp.name in loaded:
+            problems.append(
+                Problem(
+                    lp.locate("name"),
+                    f"policy name {lp.name!r} already used by {loaded[lp.name].path}",
+                )
+            )
+            continue
+        loaded[lp.name] = lp
+    if problems:
+        raise PolicyError(problems)
+    return loaded
+
+
+def policy_json_schema() -> dict[str, Any]:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Assay policy"
+    return schema
+
+
+class PolicyStore:
+    """The policies a process serves, by name."""
+
+    def __init__(self, policies: dict[str, LoadedPolicy]) -> None:
+        self._policies = dict(policies)
+
+    def get(self, name: str) -> LoadedPolicy:
+        try:
+            return self._policies[name]
+        except KeyError:
+            raise PolicyNotFound(
+                f"no policy named {name!r}; known: {', '.join(sorted(self._policies)) or 'none'}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._policies)
+
+    def __iter__(self) -> Iterator[LoadedPolicy]:
+        return iter(self._policies.values())
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+
+@lru_cache(maxsize=8)
+def _cached_dir(directory: str) -> PolicyStore:
+    return PolicyStore(load_policy_dir(Path(directory)))

@@ -1,0 +1,1 @@
+"""Assay's HTTP API (Litestar) and command line."""

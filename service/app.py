@@ -1,0 +1,61 @@
+"""The Litestar application: policies and models load once, at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from service.problems import EXCEPTION_HANDLERS
+from service.routes.generation import GenerationController
+from service.routes.meta import get_policy, healthz, list_policies, readyz
+from service.routes.moderation import ModerationController
+from service.settings import ServiceSettings, service_settings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> Litestar:
+    """Build the app; a broken policy or a missing model raises at startup."""
+    settings = settings or service_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Model loading is blocking work: keep it off the event loop.
+        state = await asyncio.to_thread(AppState.create, settings)
+        app.state.assay = state
+        state.start_embedded_worker()
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.close()
+
+    return Litestar(
+        route_handlers=[
+            healthz,
+            readyz,
+            list_policies,
+            get_policy,
+            ModerationController,
+            GenerationController,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Assay",
+            version="0.1.0",
+            description="Evaluation and guardrails for LLM inputs and outputs.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,129 @@
+"""Micro-batching: concurrent requests share one model call, off the event loop.
+
+Requests for the same key (policy and stage) queue up; one drain task per
+key takes everything queued (up to ``max_batch``), hands it to a thread pool
+as one batch, and resolves each request's future. While a batch runs, the
+next one fills by itself, so there is no fixed delay at low load and large
+batches at high load. ``wait_ms`` adds a short window to gather stragglers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from evaluators.errors import Overloaded
+
+I = TypeVar("I")  # noqa: E741 - item
+R = TypeVar("R")  # result
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    def record(self, n: int) -> None:
+        self.batches += 1
+        self.items += n
+        self.largest = max(self.largest, n)
+        if len(self.sizes) < 10_000:
+            self.sizes.append(n)
+
+    @property
+    def mean(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+class MicroBatcher(Generic[I, R]):
+    """Group concurrent ``submit`` calls per key into batched ``runner`` calls."""
+
+    def __init__(
+        self,
+        runner: Callable[[Hashable, Sequence[I]], Sequence[R]],
+        executor: Executor,
+        *,
+        max_batch: int = 64,
+        wait_ms: float = 0.0,
+        timeout_s: float = 30.0,
+        max_pending: int = 4096,
+    ) -> None:
+        self._runner = runner
+        self._executor = executor
+        self._max_batch = max_batch
+        self._wait_s = wait_ms / 1000.0
+        self._timeout_s = timeout_s
+        self._max_pending = max_pending
+        self._queues: dict[Hashable, asyncio.Queue[tuple[I, asyncio.Future[R]]]] = {}
+        self._tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self._pending = 0
+        self.stats = BatchStats()
+
+    async def submit(self, key: Hashable, item: I) -> R:
+        return (await self.submit_many(key, [item]))[0]
+
+    async def submit_many(self, key: Hashable, items: Sequence[I]) -> list[R]:
+        """Queue ``items`` under ``key``; they may share batches with other callers."""
+        if self._pending + len(items) > self._max_pending:
+            raise Overloaded(
+                f"{self._pending} texts already wait for inference; retry shortly",
+                retry_after_s=1,
+            )
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = asyncio.Queue()
+            self._tasks[key] = loop.create_task(self._drain(key, queue))
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            fut: asyncio.Future[R] = loop.create_future()
+            queue.put_nowait((item, fut))
+            futures.append(fut)
+        self._pending += len(items)
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
+        except TimeoutError:
+            raise Overloaded(
+                f"inference did not finish within {self._timeout_s:g} s", retry_after_s=5
+            ) from None
+
+    async def _drain(self, key: Hashable, queue: asyncio.Queue[tuple[I, asyncio.Future[R]]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            if self._wait_s and queue.qsize() < self._max_batch - 1:
+                await asyncio.sleep(self._wait_s)
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            # Requests that timed out while queued are dropped, not computed.
+            live = [(item, fut) for item, fut in batch if not fut.done()]
+            self._pending -= len(batch)
+            if not live:
+                continue
+            items = [item for item, _ in live]
+            self.stats.record(len(items))
+            try:
+                results = await loop.run_in_executor(self._executor, self._runner, key, items)
+            except Exception as exc:
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._queues.clear()

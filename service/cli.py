@@ -1,0 +1,145 @@
+"""The ``assay`` command line: serve, validate policies, manage models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from evaluators.errors import AssayError, FileValidationError
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import service_settings
+
+    settings = service_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn reports a failed lifespan startup by not starting; say so in the exit code.
+    return 0 if server.started else 3
+
+
+def _cmd_policy_validate(args: argparse.Namespace) -> int:
+    from evaluators.engine import PolicyEngine
+    from evaluators.policy import load_policy_file
+
+    failed = False
+    for file in args.files:
+        try:
+            lp = load_policy_file(Path(file))
+            if not args.no_models:
+                PolicyEngine.build(lp)
+        except FileValidationError as exc:
+            failed = True
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            continue
+        print(f"ok: {file} (policy {lp.name} {lp.policy.version}, sha256 {lp.sha256[:12]})")
+    return 1 if failed else 0
+
+
+def _cmd_policy_schema(args: argparse.Namespace) -> int:
+    from evaluators.policy import policy_json_schema
+
+    text = json.dumps(policy_json_schema(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_train_toxicity(args: argparse.Namespace) -> int:
+    from evaluators.training import train_toxicity
+
+    report = train_toxicity(
+        Path(args.data),
+        Path(args.out),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        max_rows=args.max_rows,
+        seed=args.seed,
+        device=args.device,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(
+        json.dumps(
+            report.to_dict() if hasattr(report, "to_dict") else report.__dict__,
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="assay", description="Assay: evaluation and guardrails for LLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default=None, help="interface (default ASSAY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default ASSAY_PORT or 8000)")
+    serve.set_defaults(func=_cmd_serve)
+
+    policy = sub.add_parser("policy", help="policy files").add_subparsers(
+        dest="policy_command", required=True
+    )
+    validate = policy.add_parser("validate", help="validate policy files (schema and models)")
+    validate.add_argument("files", nargs="+", help="policy YAML files")
+    validate.add_argument("--no-models", action="store_true", help="check the schema only, load no models")
+    validate.set_defaults(func=_cmd_policy_validate)
+    schema = policy.add_parser("schema", help="print the policy JSON Schema")
+    schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.set_defaults(func=_cmd_policy_schema)
+
+    models = sub.add_parser("models", help="models").add_subparsers(dest="models_command", required=True)
+    train = models.add_parser(
+        "train-toxicity",
+        help="fine-tune the bundled MiniLM on a Jigsaw-format CSV into a Detoxify checkpoint folder",
+    )
+    train.add_argument("--data", required=True, help="CSV with comment_text and the six Jigsaw label columns")
+    train.add_argument("--out", required=True, help="output checkpoint folder")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--max-rows", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.set_defaults(func=_cmd_train_toxicity)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except FileValidationError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except AssayError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""What the API process holds: policies, their engines, and the micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from evaluators.engine import Decision, PolicyEngine, Stage
+from evaluators.errors import InputError, NotReady, PayloadTooLarge
+from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
+from service.batching import MicroBatcher
+from service.settings import ServiceSettings
+from workers.embedded import EmbeddedWorker
+from workers.settings import WorkerSettings, worker_settings
+from workers.store import JobStore, job_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModerationItem:
+    text: str
+    context: tuple[str, ...] = ()
+
+
+@dataclass
+class AppState:
+    """Built once at startup; shared by every request handler."""
+
+    settings: ServiceSettings
+    policies: PolicyStore
+    engines: dict[str, PolicyEngine]
+    executor: ThreadPoolExecutor
+    batcher: MicroBatcher[ModerationItem, Decision]
+    worker_settings: WorkerSettings = field(default_factory=worker_settings)
+    started_at: float = field(default_factory=time.time)
+    ready: bool = False
+    embedded_worker: EmbeddedWorker | None = None
+
+    def jobs(self) -> JobStore:
+        """The job store (SQLite embedded, PostgreSQL by ASSAY_DATABASE_URL)."""
+        return job_store(self.worker_settings.resolved_database_url())
+
+    def celery(self) -> Any:
+        # Imported lazily: moderation-only use never touches the queue.
+        from workers.celery_app import app
+
+        return app
+
+    def enqueue(self, payload: dict[str, Any], queue: str) -> None:
+        self.celery().send_task(
+            "assay.generate",
+            args=[payload],
+            task_id=payload["job_id"],
+            queue=queue,
+            routing_key=queue,
+        )
+
+    def revoke(self, job_id: str) -> None:
+        self.celery().control.revoke(job_id)
+
+    def start_embedded_worker(self) -> None:
+        if self.worker_settings.embedded and self.settings.embedded_worker:
+            self.embedded_worker = EmbeddedWorker(self.worker_settings)
+            self.embedded_worker.start()
+
+    @classmethod
+    def create(cls, settings: ServiceSettings) -> AppState:
+        """Load and validate every policy and build its engine with models loaded.
+
+        Raises ``PolicyError`` (file, line, field) so a broken policy stops startup.
+        """
+        policies = PolicyStore(load_policy_dir(settings.policy_dir))
+        started = time.perf_counter()
+        engines = {lp.name: PolicyEngine.build(lp) for lp in policies}
+        log.info(
+            "loaded %d policies (%s) and their models in %.1f s",
+            len(engines),
+            ", ".join(sorted(engines)),
+            time.perf_counter() - started,
+        )
+        executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="assay-infer"
+        )
+
+        def run(key: Hashable, items: Sequence[ModerationItem]) -> list[Decision]:
+            policy_name, stage = cast(tuple[str, Stage], key)
+            engine = engines[policy_name]
+            contexts = [it.context for it in items] if any(it.context for it in items) else None
+            return engine.evaluate([it.text for it in items], stage, contexts=contexts)
+
+        batcher: MicroBatcher[ModerationItem, Decision] = MicroBatcher(
+            run,
+            executor,
+            max_batch=settings.microbatch_max,
+            wait_ms=settings.microbatch_wait_ms,
+            timeout_s=settings.inference_timeout_s,
+            max_pending=settings.max_pending,
+        )
+        return cls(settings, policies, engines, executor, batcher)
+
+    def policy(self, name: str) -> LoadedPolicy:
+        return self.policies.get(name)
+
+    def check_limits(self, lp: LoadedPolicy, texts: Sequence[str]) -> None:
+        limits = lp.policy.limits
+        if len(texts) > limits.max_batch:
+            raise PayloadTooLarge(
+                f"{len(texts)} texts sent; policy {lp.name!r} accepts at most {limits.max_batch}",
+                limit=limits.max_batch,
+            )
+        for i, text in enumerate(texts):
+            if len(text) > limits.max_chars:
+                raise PayloadTooLarge(
+                    f"text {i} has {len(text)} characters; policy {lp.name!r} accepts at most "
+                    f"{limits.max_chars}",
+                    limit=limits.max_chars,
+                    index=i,
+                )
+
+    async def moderate(
+        self, policy: str, stage: Stage, items: Sequence[ModerationItem]
+    ) -> tuple[LoadedPolicy, list[Decision]]:
+        if not self.ready:
+            raise NotReady("models are still loading")
+        lp = self.policy(policy)
+        if stage not in ("input", "output"):
+            raise InputError(f"stage must be 'input' or 'output', not {stage!r}")
+        self.check_limits(lp, [it.text for it in items])
+        decisions = await self.batcher.submit_many((lp.name, stage), list(items))
+        return lp, decisions
+
+    async def close(self) -> None:
+        if self.embedded_worker is not None:
+            await asyncio.to_thread(self.embedded_worker.stop)
+        await self.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,124 @@
+"""The micro-batcher groups concurrent requests and never loses one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from evaluators.errors import Overloaded
+from service.batching import MicroBatcher
+
+
+class RecordingRunner:
+    """Doubles each item; records batches. Raises if given an empty batch (a batcher bug)."""
+
+    def __init__(self, delay_s: float = 0.02) -> None:
+        self.calls: list[tuple[Hashable, list[int]]] = []
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def __call__(self, key: Hashable, items: Sequence[int]) -> list[int]:
+        if not items:
+            raise AssertionError("runner called with an empty batch")
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.calls.append((key, list(items)))
+        return [i * 2 for i in items]
+
+
+@pytest.fixture
+def executor() -> ThreadPoolExecutor:
+    ex = ThreadPoolExecutor(max_workers=1)
+    yield ex  # type: ignore[misc]
+    ex.shutdown(wait=True)
+
+
+def test_concurrent_requests_share_batches(executor: ThreadPoolExecutor) -> None:
+    runner = RecordingRunner()
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, max_batch=16, wait_ms=5)
+        try:
+            return await asyncio.gather(*(batcher.submit("k", i) for i in range(40)))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert results == [i * 2 for i in range(40)]
+    sizes = [len(items) for _, items in runner.calls]
+    assert sum(sizes) == 40
+    assert max(sizes) <= 16
+    assert len(runner.calls) < 40 / 2, f"expected batching, got sizes {sizes}"
+
+
+def test_keys_are_not_mixed(executor: ThreadPoolExecutor) -> None:
+    runner = RecordingRunner(delay_s=0.005)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, max_batch=8)
+        try:
+            await asyncio.gather(
+                *(batcher.submit(("p", "input"), i) for i in range(10)),
+                *(batcher.submit(("p", "output"), 100 + i) for i in range(10)),
+            )
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    for key, items in runner.calls:
+        if key == ("p", "input"):
+            assert all(i < 100 for i in items)
+        else:
+            assert all(i >= 100 for i in items)
+
+
+def test_runner_error_reaches_every_caller(executor: ThreadPoolExecutor) -> None:
+    def broken(key: Hashable, items: Sequence[int]) -> list[int]:
+        raise ValueError("model exploded")
+
+    async def main() -> list[BaseException | int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(broken, executor)
+        try:
+            return await asyncio.gather(*(batcher.submit("k", i) for i in range(5)), return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert len(results) == 5
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+def test_timeout_is_overloaded_and_batcher_keeps_serving(executor: ThreadPoolExecutor) -> None:
+    runner = RecordingRunner(delay_s=0.3)
+
+    async def main() -> int:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, timeout_s=0.05)
+        try:
+            with pytest.raises(Overloaded):
+                await batcher.submit("k", 1)
+            batcher._timeout_s = 5.0
+            return await batcher.submit("k", 2)
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == 4
+
+
+def test_queue_bound_rejects_with_overloaded(executor: ThreadPoolExecutor) -> None:
+    runner = RecordingRunner(delay_s=0.05)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, max_pending=3)
+        try:
+            with pytest.raises(Overloaded):
+                await batcher.submit_many("k", [1, 2, 3, 4])
+            assert await batcher.submit_many("k", [1, 2, 3]) == [2, 4, 6]
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
