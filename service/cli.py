@@ -84,6 +84,18 @@ def _cmd_train_toxicity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    """Convert the generator model once into the cache, so workers start in about a second."""
+    from evaluators.settings import evaluator_settings
+    from workers.generation import resolve_model
+
+    cache = Path(args.cache_dir) if args.cache_dir else evaluator_settings().model_dir
+    for model_id in args.models:
+        resolved = resolve_model(model_id, cache)
+        print(f"ok: {model_id} -> {resolved.path} ({resolved.source})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assay", description="Assay: evaluation and guardrails for LLMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -120,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.set_defaults(func=_cmd_train_toxicity)
+    prepare = models.add_parser("prepare", help="convert generator models into the local cache (offline)")
+    prepare.add_argument("models", nargs="*", default=["smollm2"], help="model ids (default: smollm2)")
+    prepare.add_argument("--cache-dir", default=None, help="cache folder (default ASSAY_MODEL_DIR)")
+    prepare.set_defaults(func=_cmd_models_prepare)
     return parser
 
 
@@ -130,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Presidio logs every recognizer it loads at INFO; keep startup output readable.
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except FileValidationError as exc:
