@@ -41,7 +41,7 @@ class ServiceSettings:
     """Most texts queued for inference before new ones get 503 (ASSAY_MAX_PENDING)."""
 
     inference_threads: int = 1
-    """Threads that run checks; one keeps torch from fighting itself on small CPUs (ASSAY_INFERENCE_THREADS)."""
+    """Threads that run checks; one keeps torch from fighting itself on 2 cores (ASSAY_INFERENCE_THREADS)."""
 
     embedded_worker: bool = True
     """Embedded mode (no ASSAY_BROKER_URL): start a Celery worker child (ASSAY_EMBEDDED_WORKER)."""

@@ -61,6 +61,9 @@ class AppState:
             routing_key=queue,
         )
 
+    def send(self, task: str, args: list[Any], queue: str) -> None:
+        self.celery().send_task(task, args=args, queue=queue, routing_key=queue)
+
     def revoke(self, job_id: str) -> None:
         self.celery().control.revoke(job_id)
 

@@ -52,6 +52,9 @@ class GenerationRequestBody(BaseModel):
     model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
     policy: str = Field(default="default", description="Policy whose checks guard the job.")
     params: GenerationParams = Field(default_factory=GenerationParams, description="Sampling parameters.")
+    context: list[str] | None = Field(
+        default=None, description="Grounding documents the output is checked against (hallucination)."
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequestBody:
@@ -136,6 +139,7 @@ class GenerationController(Controller):
             "prompt": data.prompt,
             "messages": [m.model_dump() for m in data.messages] if data.messages else None,
             "params": params,
+            "context": data.context,
             "enqueued_at": time.time(),
         }
         try:

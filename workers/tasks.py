@@ -1,0 +1,102 @@
+"""Thin Celery tasks: deserialize, call the pipeline, record, return.
+
+Generation is made idempotent by the job store (an outcome is recorded once
+per job id; a redelivered job that already finished is skipped), so it can
+use ``acks_late``: a worker that dies mid-job gets its job redelivered
+instead of losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_ready
+
+from evaluators.errors import AssayError
+from workers.celery_app import app
+from workers.pipeline import guarded_generation, warm_up
+from workers.settings import worker_settings
+from workers.store import FAILED, SUCCEEDED, job_store
+
+log = logging.getLogger(__name__)
+
+
+def _store() -> Any:
+    return job_store(worker_settings().resolved_database_url())
+
+
+@app.task(name="assay.generate", acks_late=True, reject_on_worker_lost=True, ignore_result=False)
+def generate(payload: dict[str, Any]) -> dict[str, Any]:
+    job_id = str(payload["job_id"])
+    store = _store()
+    if not store.mark_running(job_id):
+        # Cancelled before it started, or a redelivery of a finished job.
+        log.info("job %s skipped: not queued or running", job_id)
+        return {"job_id": job_id, "skipped": True}
+    try:
+        result = guarded_generation(payload)
+    except AssayError as exc:
+        error = {"code": exc.code, "title": exc.title, "detail": exc.detail}
+        store.finish(job_id, FAILED, error=error)
+        log.warning("job %s failed: %s", job_id, exc.code)
+        return {"job_id": job_id, "error": error}
+    except Exception as exc:
+        store.finish(
+            job_id,
+            FAILED,
+            error={
+                "code": "internal-error",
+                "title": "Job failed",
+                "detail": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        log.exception("job %s failed", job_id)
+        raise
+    store.finish(job_id, SUCCEEDED, result=result)
+    return {"job_id": job_id, "action": result["action"]}
+
+
+@app.task(name="assay.ping")
+def ping() -> str:
+    return "pong"
+
+
+@worker_ready.connect
+def _warm_up_in_background(**_: Any) -> None:
+    # Load policies' models and the default generator once the worker is up,
+    # in a thread: jobs arriving meanwhile wait on the same load locks
+    # instead of loading twice, and worker start-up is never blocked.
+    threading.Thread(target=warm_up, name="assay-warm-up", daemon=True).start()
+
+
+def _enqueue_chunk(run_id: str, keys: list[str]) -> None:
+    from workers.audit import audit_store
+
+    run = audit_store().get_run(run_id)
+    queue = run.queue if run is not None else worker_settings().default_queue
+    audit_chunk.apply_async(args=[run_id, keys], queue=queue, routing_key=queue)
+
+
+@app.task(name="assay.audit.start", acks_late=True, reject_on_worker_lost=True)
+def audit_start(run_id: str) -> int:
+    from workers.audit import start_run
+
+    return start_run(run_id, _enqueue_chunk, worker_settings().audit_chunk_size)
+
+
+@app.task(name="assay.audit.chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
+def audit_chunk(self: Any, run_id: str, keys: list[str]) -> int:
+    from workers.audit import run_chunk
+
+    return run_chunk(run_id, keys, worker=getattr(self.request, "hostname", None))
+
+
+@app.task(name="assay.audit.sweep")
+def audit_sweep() -> dict[str, int]:
+    """Periodic (beat): re-send missing items of runs that stopped making progress."""
+    from workers.audit import sweep
+
+    settings = worker_settings()
+    return sweep(_enqueue_chunk, settings.audit_chunk_size, settings.audit_stalled_after_s)
