@@ -268,7 +268,9 @@ def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> bool
         stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
     else:  # pragma: no cover - other databases are not supported targets
         raise RuntimeError(f"unsupported database {dialect}")
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    # rowcount is -1 for this statement under psycopg 3; RETURNING says it for certain.
+    stmt = stmt.returning(*table.primary_key.columns)
+    return session.execute(stmt).first() is not None
 
 
 class AuditStore:
