@@ -1,0 +1,461 @@
+"""Toxicity check: a fast lexical tier, then an optional Detoxify classifier tier.
+
+Tier one is alt-profanity-check (a linear model on character n-grams, about
+a millisecond per text). Tier two is a Detoxify checkpoint: either a local
+folder written by ``assay models train-toxicity`` (MiniLM fine-tuned on
+Jigsaw-format data) or one of Detoxify's published names, which only load
+when already cached because Assay never downloads models at run time.
+Both tiers score ``normalized.folded`` so leetspeak and zero-width splits
+do not slip past them.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from evaluators.checks.base import CheckBase, CheckInput
+from evaluators.checks.config import CheckConfigBase, LabelRule, Strict
+from evaluators.errors import CheckFailed, ModelMissingError
+from evaluators.findings import Action, Finding
+from evaluators.models import shared_model
+from evaluators.settings import PROJECT_ROOT, evaluator_settings, resolve_device
+
+ToxicityLabel = Literal[
+    "toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack"
+]
+
+PROFANITY_ENGINE = "alt-profanity-check"
+TRAIN_COMMAND = "assay models train-toxicity --out .cache/models/toxicity-minilm"
+
+# Detoxify's published checkpoints and the Hugging Face base each one needs
+# (detoxify.detoxify.MODEL_URLS holds the download addresses).
+DETOXIFY_NAMES: dict[str, str] = {
+    "original": "bert-base-uncased",
+    "unbiased": "roberta-base",
+    "multilingual": "xlm-roberta-base",
+    "original-small": "albert-base-v2",
+    "unbiased-small": "albert-base-v2",
+}
+
+CHECKPOINT_FILE = "model.ckpt"
+_TOKENIZER_VOCAB = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
+
+
+def _default_labels() -> dict[ToxicityLabel, LabelRule]:
+    return {
+        "toxicity": LabelRule(threshold=0.8, action=Action.FLAG),
+        "severe_toxicity": LabelRule(threshold=0.5, action=Action.BLOCK),
+        "obscene": LabelRule(threshold=0.8, action=Action.FLAG),
+        "threat": LabelRule(threshold=0.5, action=Action.BLOCK),
+        "insult": LabelRule(threshold=0.8, action=Action.FLAG),
+        "identity_attack": LabelRule(threshold=0.5, action=Action.FLAG),
+    }
+
+
+class ProfanityTier(Strict):
+    """The fast lexical tier (alt-profanity-check), scored as label ``toxicity``."""
+
+    enabled: bool = Field(default=True, description="Run the profanity tier.")
+    threshold: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Profanity probability at or above which it triggers.",
+    )
+    action: Action = Field(
+        default=Action.FLAG,
+        description="What a triggered profanity score does: allow, flag or block.",
+    )
+
+
+class DetoxifyTier(Strict):
+    """The classifier tier: a Detoxify checkpoint scoring the six Jigsaw labels."""
+
+    checkpoint: str = Field(
+        min_length=1,
+        description=(
+            "A local checkpoint folder written by `assay models train-toxicity` (relative paths "
+            "resolve against the project root, then the model directory), or a Detoxify name "
+            "(original, unbiased, ...) that is already in the torch hub cache; Assay never "
+            "downloads models at run time."
+        ),
+    )
+    device: str = Field(
+        default="auto",
+        description="Torch device: auto (the evaluator setting, CUDA when present), cpu or cuda.",
+    )
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Texts per forward pass.")
+    max_length: int = Field(
+        default=256, ge=8, le=4096, description="Tokens kept per text; longer texts are truncated."
+    )
+    quantize_int8: bool = Field(
+        default=False,
+        description="Dynamic int8 quantization of Linear layers (CPU only; ignored on CUDA).",
+    )
+
+
+class ToxicityConfig(CheckConfigBase):
+    """Toxicity check: a profanity tier, a Detoxify tier, or both."""
+
+    check: Literal["toxicity"] = Field(description="Check name: toxicity.")
+    profanity: ProfanityTier | None = Field(
+        default_factory=ProfanityTier,
+        description="The fast lexical tier; null to turn it off.",
+    )
+    detoxify: DetoxifyTier | None = Field(
+        default=None, description="The classifier tier; null (the default) to leave it off."
+    )
+    labels: dict[ToxicityLabel, LabelRule] = Field(
+        default_factory=_default_labels,
+        description="Threshold and action per Detoxify label; labels left out are not reported.",
+    )
+    escalate_above: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "When set, the Detoxify tier only scores texts whose profanity score is at or "
+            "above this value; null scores every text with both tiers."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ToxicityConfig:
+        profanity_on = self.profanity is not None and self.profanity.enabled
+        if not profanity_on and self.detoxify is None:
+            raise ValueError(
+                "toxicity needs at least one tier: enable profanity or configure detoxify"
+            )
+        # Toxicity scores whole texts, so there is no span to redact.
+        if self.profanity is not None and self.profanity.action is Action.REDACT:
+            raise ValueError(
+                "profanity.action: redact is not valid for toxicity (it finds no spans); "
+                "use flag or block"
+            )
+        bad = sorted(name for name, rule in self.labels.items() if rule.action is Action.REDACT)
+        if bad:
+            raise ValueError(
+                f"labels {', '.join(bad)}: redact is not valid for toxicity (it finds no spans); "
+                "use flag or block"
+            )
+        if self.escalate_above is not None:
+            if not profanity_on:
+                raise ValueError("escalate_above needs the profanity tier enabled")
+            if self.detoxify is None:
+                raise ValueError("escalate_above needs a detoxify tier to escalate to")
+        if self.detoxify is not None and not self.labels:
+            raise ValueError("labels must name at least one label for the detoxify tier")
+        return self
+
+
+@dataclass
+class _Classifier:
+    """A loaded Detoxify object plus what scoring needs beside it."""
+
+    detox: Any
+    device: str
+    engine: str
+    # Fast tokenizers raise "Already borrowed" when threads share one.
+    tokenizer_lock: threading.Lock
+
+
+def _load_profanity() -> Callable[[list[str]], Any]:
+    # Importing the module loads its vectorizer and model (joblib files in the wheel).
+    from profanity_check import predict_prob
+
+    return predict_prob
+
+
+def _missing(detail: str, **extra: Any) -> ModelMissingError:
+    return ModelMissingError(detail, field="detoxify.checkpoint", **extra)
+
+
+def resolve_checkpoint(value: str) -> Path | None:
+    """The folder a ``checkpoint`` value names, or None for a Detoxify name.
+
+    Raises ``ModelMissingError`` listing the places tried when no folder exists.
+    """
+    if value in DETOXIFY_NAMES:
+        return None
+    path = Path(value).expanduser()
+    tried = (
+        [path]
+        if path.is_absolute()
+        else [PROJECT_ROOT / path, evaluator_settings().model_dir / path]
+    )
+    for candidate in tried:
+        if candidate.exists():
+            # A path to model.ckpt itself names its folder.
+            return (candidate.parent if candidate.is_file() else candidate).resolve()
+    raise _missing(
+        f"toxicity checkpoint folder {value!r} not found (tried {', '.join(map(str, tried))}); "
+        f"create it with `{TRAIN_COMMAND}` and point detoxify.checkpoint at it",
+        checkpoint=value,
+    )
+
+
+def _missing_files(folder: Path) -> list[str]:
+    missing = [
+        n
+        for n in (CHECKPOINT_FILE, "config.json", "tokenizer_config.json")
+        if not (folder / n).is_file()
+    ]
+    if not any((folder / n).is_file() for n in _TOKENIZER_VOCAB):
+        missing.append(" or ".join(_TOKENIZER_VOCAB))
+    return missing
+
+
+def _checkpoint_source(folder: Path) -> str | io.BytesIO:
+    """What to hand ``Detoxify(checkpoint=...)`` for ``folder``.
+
+    Detoxify resolves ``arch.args.model_type`` with ``from_pretrained`` before
+    it looks at ``huggingface_config_path``, so it must name a folder on this
+    machine. A folder that moved (or a checkpoint trained elsewhere) gets its
+    dict re-pointed here and passed in memory; Detoxify still does the load.
+    """
+    import torch
+
+    ckpt = folder / CHECKPOINT_FILE
+    try:
+        # Same trust as Detoxify's own torch.load(weights_only=False) of this file.
+        loaded = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise _missing(f"cannot read {ckpt}: {exc}", checkpoint=str(folder)) from exc
+    if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
+        keys = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
+        raise _missing(
+            f"{ckpt} is not a Detoxify checkpoint: it needs 'config' and 'state_dict' entries "
+            f"(found {keys}); re-create it with `{TRAIN_COMMAND}`",
+            checkpoint=str(folder),
+        )
+    needs = (
+        "Detoxify needs config.arch.args (model_type, model_name, tokenizer_name, "
+        "num_classes) and config.dataset.args.classes"
+    )
+    try:
+        args = loaded["config"]["arch"]["args"]
+        classes = loaded["config"]["dataset"]["args"]["classes"]
+    except (KeyError, TypeError) as exc:
+        raise _missing(f"{ckpt} config lacks {exc}: {needs}", checkpoint=str(folder)) from exc
+    absent = [
+        k for k in ("model_type", "model_name", "tokenizer_name", "num_classes") if k not in args
+    ]
+    if absent:
+        raise _missing(
+            f"{ckpt} config.arch.args lacks {', '.join(absent)}: {needs}", checkpoint=str(folder)
+        )
+    if len(classes) != args["num_classes"]:
+        raise _missing(
+            f"{ckpt} lists {len(classes)} classes but num_classes is {args['num_classes']}",
+            checkpoint=str(folder),
+        )
+    model_type = Path(str(args["model_type"]))
+    if model_type.is_dir() and model_type.resolve() == folder:
+        return str(ckpt)
+    args["model_type"] = str(folder)
+    buf = io.BytesIO()
+    torch.save(loaded, buf)
+    buf.seek(0)
+    return buf
+
+
+def _load_named(name: str, device: str) -> Any:
+    import torch
+    from detoxify import Detoxify
+    from detoxify.detoxify import MODEL_URLS
+
+    filename = MODEL_URLS[name].rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    base = DETOXIFY_NAMES[name]
+    have_base = False
+    if cached.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        have_base = isinstance(try_to_load_from_cache(base, "config.json"), str)
+    if not (cached.is_file() and have_base):
+        raise _missing(
+            f"Detoxify checkpoint {name!r} cannot be fetched offline: it downloads from GitHub "
+            f"releases ({filename}) plus {base} from the Hugging Face Hub, and Assay does not "
+            f"download models at run time. Train a local one with `{TRAIN_COMMAND}` and set "
+            "detoxify.checkpoint to that folder, or pre-seed the torch hub and Hugging Face "
+            "caches.",
+            checkpoint=name,
+        )
+    return Detoxify(model_type=name, device=device)
+
+
+def _load_classifier(tier: DetoxifyTier, folder: Path | None, device: str) -> _Classifier:
+    import torch
+
+    if folder is None:
+        detox = _load_named(tier.checkpoint, device)
+        engine = f"detoxify:{tier.checkpoint}"
+    else:
+        missing = _missing_files(folder)
+        if missing:
+            raise _missing(
+                f"toxicity checkpoint folder {folder} lacks {', '.join(missing)}; "
+                f"re-create it with `{TRAIN_COMMAND}`",
+                checkpoint=str(folder),
+                missing=missing,
+            )
+        from detoxify import Detoxify
+
+        source = _checkpoint_source(folder)
+        try:
+            detox = Detoxify(checkpoint=source, device=device, huggingface_config_path=str(folder))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise _missing(
+                f"cannot load the Detoxify checkpoint in {folder}: {exc}", checkpoint=str(folder)
+            ) from exc
+        engine = f"detoxify:{folder.name}"
+    detox.model.eval()
+    if tier.quantize_int8 and device == "cpu":
+        with warnings.catch_warnings():
+            # torch.ao eager quantization is deprecated in favour of torchao, not installed here.
+            warnings.simplefilter("ignore")
+            detox.model = torch.ao.quantization.quantize_dynamic(
+                detox.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+    return _Classifier(detox=detox, device=device, engine=engine, tokenizer_lock=threading.Lock())
+
+
+class ToxicityCheck(CheckBase):
+    """Scores each text with the enabled tiers; one finding per label per engine."""
+
+    name: ClassVar[str] = "toxicity"
+    config: ToxicityConfig
+
+    def __init__(self, config: ToxicityConfig) -> None:
+        super().__init__(config)
+        self._profanity: Callable[[list[str]], Any] | None = None
+        self._classifier: _Classifier | None = None
+
+    def _load(self) -> None:
+        cfg = self.config
+        if cfg.profanity is not None and cfg.profanity.enabled:
+            self._profanity = shared_model(PROFANITY_ENGINE, _load_profanity)
+        tier = cfg.detoxify
+        if tier is None:
+            return
+        folder = resolve_checkpoint(tier.checkpoint)
+        device = resolve_device(
+            evaluator_settings().device if tier.device == "auto" else tier.device
+        )
+        where = tier.checkpoint if folder is None else str(folder)
+        precision = "int8" if tier.quantize_int8 and device == "cpu" else "fp32"
+        key = f"detoxify:{where}:{device}:{precision}"
+        classifier = shared_model(key, lambda: _load_classifier(tier, folder, device))
+        unknown = [label for label in cfg.labels if label not in classifier.detox.class_names]
+        if unknown:
+            raise ModelMissingError(
+                f"checkpoint {tier.checkpoint!r} does not score {', '.join(unknown)} "
+                f"(it scores {', '.join(classifier.detox.class_names)}); drop them from labels",
+                field="labels",
+            )
+        self._classifier = classifier
+
+    @property
+    def engines(self) -> list[str]:
+        """Engine names this check reports, once loaded."""
+        self._ensure_loaded()
+        out = [PROFANITY_ENGINE] if self._profanity is not None else []
+        if self._classifier is not None:
+            out.append(self._classifier.engine)
+        return out
+
+    def evaluate(self, batch: Sequence[CheckInput]) -> list[list[Finding]]:
+        self._ensure_loaded()
+        if not batch:
+            return []
+        cfg = self.config
+        texts = [item.normalized.folded for item in batch]
+        results: list[list[Finding]] = [[] for _ in texts]
+
+        profanity_scores: list[float] | None = None
+        if self._profanity is not None and cfg.profanity is not None:
+            tier = cfg.profanity
+            try:
+                profanity_scores = [float(s) for s in self._profanity(texts)]
+            except Exception as exc:
+                raise CheckFailed(
+                    f"profanity scoring failed: {exc}", engine=PROFANITY_ENGINE
+                ) from exc
+            for out, score in zip(results, profanity_scores, strict=True):
+                out.append(
+                    Finding(
+                        check=self.name,
+                        label="toxicity",
+                        score=score,
+                        threshold=tier.threshold,
+                        triggered=score >= tier.threshold,
+                        action=tier.action,
+                        engine=PROFANITY_ENGINE,
+                    )
+                )
+
+        if self._classifier is not None:
+            if cfg.escalate_above is not None and profanity_scores is not None:
+                chosen = [i for i, s in enumerate(profanity_scores) if s >= cfg.escalate_above]
+            else:
+                chosen = list(range(len(texts)))
+            scores = self._classify([texts[i] for i in chosen])
+            classes = self._classifier.detox.class_names
+            for i, row in zip(chosen, scores, strict=True):
+                for label, rule in cfg.labels.items():
+                    score = row[classes.index(label)]
+                    results[i].append(
+                        Finding(
+                            check=self.name,
+                            label=label,
+                            score=score,
+                            threshold=rule.threshold,
+                            triggered=score >= rule.threshold,
+                            action=rule.action,
+                            engine=self._classifier.engine,
+                        )
+                    )
+        return results
+
+    def _classify(self, texts: list[str]) -> list[list[float]]:
+        """Sigmoid scores per text, in order, from length-sorted batched forward passes."""
+        assert self._classifier is not None
+        assert self.config.detoxify is not None
+        if not texts:
+            return []
+        import torch
+
+        clf = self._classifier
+        tier = self.config.detoxify
+        model, tokenizer = clf.detox.model, clf.detox.tokenizer
+        # Similar lengths in one batch means less padding to compute.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[list[float]] = [[] for _ in texts]
+        try:
+            for start in range(0, len(order), tier.batch_size):
+                idx = order[start : start + tier.batch_size]
+                with clf.tokenizer_lock:
+                    enc = tokenizer(
+                        [texts[i] for i in idx],
+                        truncation=True,
+                        max_length=tier.max_length,
+                        padding=True,
+                        return_tensors="pt",
+                    )
+                enc = {k: v.to(clf.device) for k, v in enc.items()}
+                with torch.inference_mode():
+                    logits = model(**enc)[0]
+                probs = torch.sigmoid(logits.float()).cpu().tolist()
+                for i, row in zip(idx, probs, strict=True):
+                    out[i] = row
+        except Exception as exc:
+            raise CheckFailed(f"detoxify scoring failed: {exc}", engine=clf.engine) from exc
+        return out
