@@ -23,11 +23,13 @@ class Registration:
 def _registrations() -> dict[str, Registration]:
     # Imported here, not at module top: check modules keep their heavy imports
     # (presidio, torch) inside load(), so this stays cheap.
-    from evaluators.checks import pii, toxicity
+    from evaluators.checks import bias, hallucination, pii, toxicity
 
     regs = [
         Registration("pii", pii.PiiConfig, pii.PiiCheck),
         Registration("toxicity", toxicity.ToxicityConfig, toxicity.ToxicityCheck),
+        Registration("hallucination", hallucination.HallucinationConfig, hallucination.HallucinationCheck),
+        Registration("bias", bias.BiasConfig, bias.BiasCheck),
     ]
     return {r.name: r for r in regs}
 
