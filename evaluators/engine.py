@@ -121,6 +121,31 @@ class PolicyEngine:
             raise PolicyError(problems)
         return cls(loaded, stages)
 
+    @staticmethod
+    def _run_check(bound: _BoundCheck, inputs: list[CheckInput]) -> list[list[Finding] | CheckError]:
+        """Run one check on the batch; on failure, isolate the items that cannot run.
+
+        Micro-batching puts unrelated requests in one batch, so one item the
+        check cannot evaluate (say, no grounding context) must not fail the
+        others: the batch is retried item by item and only the failing items
+        get the policy's ``on_error``. A check that cannot run is never "safe".
+        """
+        try:
+            return list(_evaluate_checked(bound, inputs))
+        except Exception as exc:
+            if len(inputs) == 1:
+                log.warning(
+                    "check %s could not run: %s (on_error=%s)",
+                    bound.check.name,
+                    type(exc).__name__,
+                    bound.on_error.value,
+                )
+                return [_error(bound, exc)]
+        out: list[list[Finding] | CheckError] = []
+        for item in inputs:
+            out.extend(PolicyEngine._run_check(bound, [item]))
+        return out
+
     def load(self) -> None:
         for bound in self._stages.values():
             for b in bound:
@@ -154,33 +179,32 @@ class PolicyEngine:
         timings: dict[str, float] = {}
         for bound in self._stages[stage]:
             started = time.perf_counter()
-            try:
-                results = bound.check.evaluate(inputs)
-                if len(results) != n:
-                    raise RuntimeError(
-                        f"check {bound.check.name} returned {len(results)} results for {n} inputs"
-                    )
-            except Exception as exc:  # a check that cannot run is never "safe"
-                log.warning(
-                    "check %s failed on a batch of %d: %s (on_error=%s)",
-                    bound.check.name,
-                    n,
-                    type(exc).__name__,
-                    bound.on_error.value,
-                )
-                err = CheckError(
-                    check=bound.check.name,
-                    engine=type(bound.check).__name__,
-                    error=f"{type(exc).__name__}: {exc}",
-                    action=bound.on_error,
-                )
-                for i in range(n):
-                    errors[i].append(err)
-            else:
-                for i in range(n):
-                    findings[i].extend(results[i])
+            per_item = self._run_check(bound, inputs)
+            for i, outcome in enumerate(per_item):
+                if isinstance(outcome, CheckError):
+                    errors[i].append(outcome)
+                else:
+                    findings[i].extend(outcome)
             timings[bound.check.name] = round((time.perf_counter() - started) * 1000, 3)
         return [_decide(normalized[i], findings[i], errors[i], timings) for i in range(n)]
+
+
+def _error(bound: _BoundCheck, exc: Exception) -> CheckError:
+    return CheckError(
+        check=bound.check.name,
+        engine=type(bound.check).__name__,
+        error=f"{type(exc).__name__}: {exc}",
+        action=bound.on_error,
+    )
+
+
+def _evaluate_checked(bound: _BoundCheck, inputs: list[CheckInput]) -> list[list[Finding]]:
+    results = bound.check.evaluate(inputs)
+    if len(results) != len(inputs):
+        raise RuntimeError(
+            f"check {bound.check.name} returned {len(results)} results for {len(inputs)} inputs"
+        )
+    return results
 
 
 def _decide(

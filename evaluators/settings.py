@@ -84,3 +84,12 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def apply_torch_threads(settings: EvaluatorSettings | None = None) -> None:
+    """Apply ``ASSAY_TORCH_THREADS`` to this process; 0 leaves torch's default."""
+    settings = settings or evaluator_settings()
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)

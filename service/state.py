@@ -13,6 +13,7 @@ from typing import Any, cast
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
+from evaluators.settings import apply_torch_threads
 from service.batching import MicroBatcher
 from service.settings import ServiceSettings
 from workers.embedded import EmbeddedWorker
@@ -78,6 +79,7 @@ class AppState:
 
         Raises ``PolicyError`` (file, line, field) so a broken policy stops startup.
         """
+        apply_torch_threads()
         policies = PolicyStore(load_policy_dir(settings.policy_dir))
         started = time.perf_counter()
         engines = {lp.name: PolicyEngine.build(lp) for lp in policies}

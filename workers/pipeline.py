@@ -16,7 +16,7 @@ from typing import Any
 from evaluators.engine import Decision, PolicyEngine
 from evaluators.findings import Action
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
-from evaluators.settings import evaluator_settings
+from evaluators.settings import apply_torch_threads, evaluator_settings
 from workers.generation import GenerationRequest, GeneratorOptions, SamplingParams, get_generator
 from workers.params import resolve_params
 from workers.settings import WorkerSettings, worker_settings
@@ -203,6 +203,7 @@ def warm_up(settings: WorkerSettings | None = None) -> None:
     """Build every policy's engine and load the default generator; failures are logged, not fatal."""
     settings = settings or worker_settings()
     started = time.perf_counter()
+    apply_torch_threads()
     try:
         for lp in worker_policies():
             engine_for(lp.name)

@@ -130,3 +130,32 @@ def test_scores_name_their_engine() -> None:
     assert body["scores"] == {"a.kw": 1.0}
     assert body["engines"] == {"a.kw": "fake"}
     assert body["findings"][0]["engine"] == "fake"
+
+
+class PickyCheck:
+    """Cannot evaluate texts without a context, like a grounded hallucination check."""
+
+    name = "picky"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def load(self) -> None:
+        pass
+
+    def evaluate(self, batch: Sequence[CheckInput]) -> list[list[Finding]]:
+        self.calls.append(len(batch))
+        if any(not item.context for item in batch):
+            raise RuntimeError("could not evaluate: no context")
+        return [[Finding("picky", "ok", 0.1, 0.5, False, Action.FLAG, "fake")] for _ in batch]
+
+
+def test_one_item_that_cannot_run_does_not_fail_its_batch_mates() -> None:
+    check = PickyCheck()
+    eng = engine((check, Action.BLOCK))
+    with_ctx, without, with_ctx2 = eng.evaluate(["a", "b", "c"], "output", contexts=[["doc"], [], ["doc"]])
+    assert with_ctx.action is Action.ALLOW and not with_ctx.errors
+    assert with_ctx2.action is Action.ALLOW and not with_ctx2.errors
+    assert without.action is Action.BLOCK
+    assert "no context" in without.errors[0].error
+    assert check.calls == [3, 1, 1, 1]  # the batch, then each item alone
