@@ -61,11 +61,12 @@ class Decision:
                 best[key] = f
         return {k: f.engine for k, f in best.items()}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, all_findings: bool = False) -> dict[str, Any]:
+        """The API shape; ``all_findings`` adds the untriggered ones (supported claims, low scores)."""
         return {
             "action": self.action.value,
             "text": self.text,
-            "findings": [f.to_dict() for f in self.triggered],
+            "findings": [f.to_dict() for f in (self.findings if all_findings else self.triggered)],
             "scores": self.scores(),
             "engines": self.engines(),
             "errors": [e.to_dict() for e in self.errors],
@@ -150,6 +151,10 @@ class PolicyEngine:
         for bound in self._stages.values():
             for b in bound:
                 b.check.load()
+
+    def configs(self, stage: Stage) -> list[Any]:
+        """The enabled check configs of ``stage``, in order."""
+        return [b.config for b in self._stages[stage]]
 
     def checks(self, stage: Stage) -> list[str]:
         return [b.check.name for b in self._stages[stage]]

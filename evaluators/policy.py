@@ -14,10 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from evaluators.checks.config import OnError, Strict
 from evaluators.errors import Location, PolicyError, PolicyNotFound, Problem
+from evaluators.findings import Action
+from evaluators.gates import Gate, parse_gate
 from evaluators.registry import check_config_union
 from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
 
@@ -26,6 +28,11 @@ if TYPE_CHECKING:
 else:
     # Built from the registry, so a new check needs no edit here.
     CheckConfig = Annotated[check_config_union(), Field(discriminator="check")]
+
+
+def _valid_gate(text: str) -> str:
+    parse_gate(text)  # per item, so a bad gate is reported at its own line
+    return text
 
 
 class Limits(Strict):
@@ -90,6 +97,18 @@ class GenerationPolicy(Strict):
     )
 
 
+class FairnessPolicy(Strict):
+    """How counterfactual fairness requests of generation jobs are run and judged."""
+
+    samples_per_group: int = Field(default=3, ge=1, le=16, description="Generations per group variant.")
+    metric: Literal["toxicity", "identity_attack", "refusal_rate", "length"] = Field(
+        default="toxicity", description="The per-group measure whose gap the threshold applies to."
+    )
+    max_gap: float = Field(default=0.1, ge=0.0, description="Largest allowed gap between group means.")
+    action: Action = Field(default=Action.FLAG, description="What a gap over max_gap does to the job.")
+    bootstrap: int = Field(default=1000, ge=100, le=20_000, description="Bootstrap resamples for intervals.")
+
+
 class Policy(Strict):
     """A guardrail policy: which checks run on inputs and outputs, and what they do."""
 
@@ -112,6 +131,16 @@ class Policy(Strict):
     generation: GenerationPolicy = Field(
         default_factory=GenerationPolicy, description="Defaults and limits for generation jobs."
     )
+    fairness: FairnessPolicy = Field(
+        default_factory=FairnessPolicy, description="Counterfactual fairness settings for generation jobs."
+    )
+    gates: tuple[Annotated[str, AfterValidator(_valid_gate)], ...] = Field(
+        default=(),
+        description=(
+            "Release gates an audit run under this policy must pass, e.g. 'toxicity.flag_rate <= 0.01', "
+            "'pii.leak_rate == 0', 'fairness.max_gap <= 0.05'. A metric the run did not measure fails."
+        ),
+    )
 
     @field_validator("input", "output")
     @classmethod
@@ -125,6 +154,9 @@ class Policy(Strict):
 
     def checks(self, stage: Literal["input", "output"]) -> tuple[Any, ...]:
         return tuple(c for c in getattr(self, stage) if c.enabled)
+
+    def parsed_gates(self) -> tuple[Gate, ...]:
+        return tuple(parse_gate(g) for g in self.gates)
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,7 @@ def read_jigsaw_csv(path: Path) -> tuple[list[str], list[list[float]]]:
                 try:
                     value = float(row[c])
                 except (TypeError, ValueError) as exc:
-                    raise ValueError(
-                        f"{path}: row {line}, column {c}: {row[c]!r} is not 0 or 1"
-                    ) from exc
+                    raise ValueError(f"{path}: row {line}, column {c}: {row[c]!r} is not 0 or 1") from exc
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"{path}: row {line}, column {c}: {value} is outside 0..1")
                 values.append(value)
@@ -295,9 +293,11 @@ def train_toxicity(
 ) -> TrainReport:
     """Fine-tune ``base`` (default: bundled MiniLM) on ``data_csv`` into ``out_dir``.
 
-    The folder is written to a temporary sibling and renamed into place, so a
-    failed run never leaves a half-written checkpoint. Same data, seed and
-    machine give the same weights.
+    ``base`` must be a BERT-architecture folder (the checkpoint names
+    ``BertForSequenceClassification``). ``max_rows`` keeps a seeded random
+    sample. The folder is written to a temporary sibling and renamed into
+    place, so a failed run never leaves a half-written checkpoint. Same data,
+    seed and machine give the same weights.
     """
     import numpy as np
     import torch
@@ -312,6 +312,8 @@ def train_toxicity(
         raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be in [0, 1)")
+    if max_rows is not None and max_rows < 2:
+        raise ValueError("max_rows must be at least 2 (or None for every row)")
     started = time.monotonic()
     data_csv = Path(data_csv)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -319,6 +321,7 @@ def train_toxicity(
     run_device = resolve_device(device)
 
     texts, labels = read_jigsaw_csv(data_csv)
+    rows_in_file = len(texts)
     rng = random.Random(seed)
     if max_rows is not None and max_rows < len(texts):
         keep = sorted(rng.sample(range(len(texts)), max_rows))
@@ -409,9 +412,7 @@ def train_toxicity(
 
         model = model.to("cpu").eval()
         state_dict = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        config = _detoxify_config(
-            out_dir, batch_size=batch_size, lr=lr, epochs=epochs, max_length=max_length
-        )
+        config = _detoxify_config(out_dir, batch_size=batch_size, lr=lr, epochs=epochs, max_length=max_length)
         torch.save({"config": config, "state_dict": state_dict}, tmp / CHECKPOINT_FILE)
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -433,7 +434,12 @@ def train_toxicity(
             "format": "detoxify-checkpoint",
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "base_model": {"path": str(base), "name": _base_name(base)},
-            "data": {"file": data_csv.name, "sha256": report.data_sha256, "rows_total": len(texts)},
+            "data": {
+                "file": data_csv.name,
+                "sha256": report.data_sha256,
+                "rows_in_file": rows_in_file,
+                "rows_used": len(texts),
+            },
             "train_rows": report.train_rows,
             "val_rows": report.val_rows,
             "hyperparameters": {

@@ -59,11 +59,7 @@ def _construct(node: yaml.Node, path: PathKey, marks: dict[PathKey, tuple[int, i
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = (
-                yaml.safe_load(yaml.serialize(key_node))
-                if key_node.tag != "tag:yaml.org,2002:str"
-                else key_node.value
-            )
+            key = _scalar(key_node)
             if key in out:
                 raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
             child = (*path, key)
@@ -73,12 +69,15 @@ def _construct(node: yaml.Node, path: PathKey, marks: dict[PathKey, tuple[int, i
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*path, i), marks) for i, item in enumerate(node.value)]
-    # Scalars: let the safe constructor resolve ints, floats, bools, nulls.
-    return (
-        yaml.SafeLoader(yaml.serialize(node)).get_single_data()
-        if node.tag != "tag:yaml.org,2002:str"
-        else node.value
-    )
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar (or a flow key) as the safe loader would build it: ints, floats, bools, nulls."""
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    # Construct from the node itself: re-serialising an empty null fails to parse.
+    return yaml.SafeLoader("").construct_object(node, deep=True)
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:

@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from service.problems import EXCEPTION_HANDLERS
+from service.routes.audits import AuditController
 from service.routes.generation import GenerationController
 from service.routes.meta import get_policy, healthz, list_policies, readyz
 from service.routes.moderation import ModerationController
@@ -46,6 +47,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             get_policy,
             ModerationController,
             GenerationController,
+            AuditController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -96,6 +96,18 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit_run(args: argparse.Namespace) -> int:
+    from service.audit_cli import cmd_audit_run
+
+    return cmd_audit_run(args)
+
+
+def _cmd_audit_report(args: argparse.Namespace) -> int:
+    from service.audit_cli import cmd_audit_report
+
+    return cmd_audit_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assay", description="Assay: evaluation and guardrails for LLMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -136,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("models", nargs="*", default=["smollm2"], help="model ids (default: smollm2)")
     prepare.add_argument("--cache-dir", default=None, help="cache folder (default ASSAY_MODEL_DIR)")
     prepare.set_defaults(func=_cmd_models_prepare)
+
+    audit = sub.add_parser("audit", help="pre-release audit runs").add_subparsers(
+        dest="audit_command", required=True
+    )
+    run = audit.add_parser("run", help="run a suite through a model under a policy; exit 1 when a gate fails")
+    run.add_argument("--suite", required=True, help="a shipped suite name or a suite file (.yaml/.jsonl)")
+    run.add_argument("--model", default=None, help="model id (default smollm2)")
+    run.add_argument("--policy", default="default", help="policy name")
+    run.add_argument("--samples", type=int, default=1, help="generations per prompt")
+    run.add_argument("--params", default=None, help="generation parameters as JSON, e.g. '{\"seed\": 1}'")
+    run.add_argument("--server", default=None, help="API URL; without it the run is embedded")
+    run.add_argument("--out", default="reports", help="folder for the JSON, HTML and JUnit reports")
+    run.set_defaults(func=_cmd_audit_run)
+    report = audit.add_parser("report", help="fetch the reports of an earlier run")
+    report.add_argument("id", help="audit run id")
+    report.add_argument("--server", default=None, help="API URL; without it the local store is read")
+    report.add_argument("--out", default="reports", help="folder for the report files")
+    report.set_defaults(func=_cmd_audit_report)
     return parser
 
 

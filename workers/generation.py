@@ -170,7 +170,10 @@ class GeneratorOptions:
     quantize_int8: bool = False
     """Dynamic int8 quantization of every nn.Linear (CPU, fp32 only)."""
     compile: bool = False
-    """torch.compile the decode step over a static KV cache (see ``Generator._decode``)."""
+    """torch.compile the decode step over a static KV cache (see ``Generator._decode``).
+
+    Works on CPU but does not pay there (torch 2.13, 2 cores): ~60 s to compile per
+    new shape and slower decoding than eager. Meant for CUDA; skipped with int8."""
     max_batch_size: int = 16
     """Most rows in one batched forward pass; bigger calls run in chunks."""
     batch_wait_ms: float = 5.0
@@ -181,7 +184,7 @@ class GeneratorOptions:
     def __post_init__(self) -> None:
         if self.attn_implementation not in {"sdpa", "eager"}:
             raise ConfigError(f"attn_implementation must be sdpa or eager, not {self.attn_implementation!r}")
-        if _DTYPES.get(self.dtype.lower(), "") is None and self.dtype.lower() != "auto":
+        if self.dtype.lower() not in _DTYPES:
             raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, not {self.dtype!r}")
         if self.max_batch_size < 1:
             raise ConfigError("max_batch_size must be >= 1")
@@ -661,7 +664,12 @@ class Generator:
             cache_kwarg=cache_kwarg,
             optimizations=optimizations,
         )
-        if opts.compile:
+        int8 = str(optimizations["quantize_int8"]).startswith("torch.ao")
+        if opts.compile and int8:
+            # Measured: every dynamic-quantized Linear is a graph break, dynamo hits
+            # its recompile limit and the result is slower than int8 alone.
+            optimizations["compile"] = "skipped: dynamic int8 Linear graph-breaks under torch.compile"
+        elif opts.compile:
             # Compile only the one-token decode step over a StaticCache: fixed
             # shapes per call, and torch marks batch/length dynamic after the first
             # recompile. Prefill stays eager (its length varies every call).

@@ -85,7 +85,56 @@ def generator_options(settings: WorkerSettings) -> GeneratorOptions:
 
 def guarded_generation(payload: dict[str, Any], settings: WorkerSettings | None = None) -> dict[str, Any]:
     """Run one generation job end to end and return its result record."""
+    if payload.get("fairness"):
+        return fairness_generation(payload, settings)
     return guarded_batch([payload], settings)[0]
+
+
+def fairness_generation(payload: dict[str, Any], settings: WorkerSettings | None = None) -> dict[str, Any]:
+    """Generate the job's counterfactual group variants in one batch and score the gaps."""
+    from workers.fairness import expand, summarise
+
+    started = time.time()
+    lp = worker_policies().get(payload["policy"])
+    variants, groups, dimension = expand(payload, lp)
+    results = guarded_batch(variants, settings)
+    summary = summarise(results, groups, lp)
+    summary["dimension"] = dimension
+    actions = [Action(r["action"]) for r in results] + [Action(summary["action"])]
+    return {
+        "policy": lp.identity(),
+        "params": results[0]["params"],
+        "action": Action.strongest(actions).value,
+        "output": None,
+        "fairness": summary,
+        "variants": [
+            {
+                "group": g,
+                "action": r["action"],
+                "output": r.get("output"),
+                "scores": (r.get("output_checks") or {}).get("scores", {}),
+                "findings": r.get("findings", []),
+            }
+            for g, r in zip(groups, results, strict=True)
+        ],
+        "usage": {
+            "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in results),
+            "completion_tokens": sum(r["usage"]["completion_tokens"] for r in results),
+        },
+        "timings": {"total_ms": round((time.time() - started) * 1000, 1)},
+        "model": results[0].get("model", {"id": payload["model"]}),
+    }
+
+
+def self_consistency_samples(engine: PolicyEngine) -> int:
+    """Extra samples the output checks need (a self-consistency hallucination check), else 0."""
+    for config in engine.configs("output"):
+        if (
+            getattr(config, "check", None) == "hallucination"
+            and getattr(config, "mode", "") == "self_consistency"
+        ):
+            return int(config.samples)
+    return 0
 
 
 def guarded_batch(
@@ -162,7 +211,22 @@ def guarded_batch(
         )
         generators[i] = generator
         futures[i] = generator.submit(GenerationRequest(prompt=prompt, messages=messages, params=sampling))
+    # Self-consistency: k extra sampled answers per job, decoded in the same batches.
+    k = self_consistency_samples(engine)
+    sample_futures = {}
+    if k:
+        for i in to_generate:
+            base = params[i]
+            sampled = SamplingParams(
+                **{**base, "stop": tuple(base["stop"]), "temperature": max(0.7, float(base["temperature"]))},
+                num_return_sequences=k,
+            )
+            prompt, messages = _redacted_request(payloads[i], decisions_per_job[i])
+            sample_futures[i] = generators[i].submit(
+                GenerationRequest(prompt=prompt, messages=messages, params=sampled)
+            )
     outputs = {i: futures[i].result(timeout=settings.job_time_limit_s) for i in to_generate}
+    samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}
 
     # Output checks: all outputs in one batch, with their grounding context.
     t0 = time.perf_counter()
@@ -171,6 +235,7 @@ def guarded_batch(
         [outputs[i].text for i in to_generate],
         "output",
         contexts=contexts if any(contexts) else None,
+        extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
     )
     output_ms = round((time.perf_counter() - t0) * 1000, 1)
     for i, decision in zip(to_generate, out_decisions, strict=True):

@@ -28,12 +28,10 @@ from evaluators.findings import Action, Finding
 from evaluators.models import shared_model
 from evaluators.settings import PROJECT_ROOT, evaluator_settings, resolve_device
 
-ToxicityLabel = Literal[
-    "toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack"
-]
+ToxicityLabel = Literal["toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack"]
 
 PROFANITY_ENGINE = "alt-profanity-check"
-TRAIN_COMMAND = "assay models train-toxicity --out .cache/models/toxicity-minilm"
+TRAIN_COMMAND = "assay models train-toxicity --data train.csv --out .cache/models/toxicity-minilm"
 
 # Detoxify's published checkpoints and the Hugging Face base each one needs
 # (detoxify.detoxify.MODEL_URLS holds the download addresses).
@@ -131,14 +129,11 @@ class ToxicityConfig(CheckConfigBase):
     def _consistent(self) -> ToxicityConfig:
         profanity_on = self.profanity is not None and self.profanity.enabled
         if not profanity_on and self.detoxify is None:
-            raise ValueError(
-                "toxicity needs at least one tier: enable profanity or configure detoxify"
-            )
+            raise ValueError("toxicity needs at least one tier: enable profanity or configure detoxify")
         # Toxicity scores whole texts, so there is no span to redact.
         if self.profanity is not None and self.profanity.action is Action.REDACT:
             raise ValueError(
-                "profanity.action: redact is not valid for toxicity (it finds no spans); "
-                "use flag or block"
+                "profanity.action: redact is not valid for toxicity (it finds no spans); use flag or block"
             )
         bad = sorted(name for name, rule in self.labels.items() if rule.action is Action.REDACT)
         if bad:
@@ -186,11 +181,7 @@ def resolve_checkpoint(value: str) -> Path | None:
     if value in DETOXIFY_NAMES:
         return None
     path = Path(value).expanduser()
-    tried = (
-        [path]
-        if path.is_absolute()
-        else [PROJECT_ROOT / path, evaluator_settings().model_dir / path]
-    )
+    tried = [path] if path.is_absolute() else [PROJECT_ROOT / path, evaluator_settings().model_dir / path]
     for candidate in tried:
         if candidate.exists():
             # A path to model.ckpt itself names its folder.
@@ -204,9 +195,7 @@ def resolve_checkpoint(value: str) -> Path | None:
 
 def _missing_files(folder: Path) -> list[str]:
     missing = [
-        n
-        for n in (CHECKPOINT_FILE, "config.json", "tokenizer_config.json")
-        if not (folder / n).is_file()
+        n for n in (CHECKPOINT_FILE, "config.json", "tokenizer_config.json") if not (folder / n).is_file()
     ]
     if not any((folder / n).is_file() for n in _TOKENIZER_VOCAB):
         missing.append(" or ".join(_TOKENIZER_VOCAB))
@@ -245,13 +234,9 @@ def _checkpoint_source(folder: Path) -> str | io.BytesIO:
         classes = loaded["config"]["dataset"]["args"]["classes"]
     except (KeyError, TypeError) as exc:
         raise _missing(f"{ckpt} config lacks {exc}: {needs}", checkpoint=str(folder)) from exc
-    absent = [
-        k for k in ("model_type", "model_name", "tokenizer_name", "num_classes") if k not in args
-    ]
+    absent = [k for k in ("model_type", "model_name", "tokenizer_name", "num_classes") if k not in args]
     if absent:
-        raise _missing(
-            f"{ckpt} config.arch.args lacks {', '.join(absent)}: {needs}", checkpoint=str(folder)
-        )
+        raise _missing(f"{ckpt} config.arch.args lacks {', '.join(absent)}: {needs}", checkpoint=str(folder))
     if len(classes) != args["num_classes"]:
         raise _missing(
             f"{ckpt} lists {len(classes)} classes but num_classes is {args['num_classes']}",
@@ -347,9 +332,7 @@ class ToxicityCheck(CheckBase):
         if tier is None:
             return
         folder = resolve_checkpoint(tier.checkpoint)
-        device = resolve_device(
-            evaluator_settings().device if tier.device == "auto" else tier.device
-        )
+        device = resolve_device(evaluator_settings().device if tier.device == "auto" else tier.device)
         where = tier.checkpoint if folder is None else str(folder)
         precision = "int8" if tier.quantize_int8 and device == "cpu" else "fp32"
         key = f"detoxify:{where}:{device}:{precision}"
@@ -386,9 +369,7 @@ class ToxicityCheck(CheckBase):
             try:
                 profanity_scores = [float(s) for s in self._profanity(texts)]
             except Exception as exc:
-                raise CheckFailed(
-                    f"profanity scoring failed: {exc}", engine=PROFANITY_ENGINE
-                ) from exc
+                raise CheckFailed(f"profanity scoring failed: {exc}", engine=PROFANITY_ENGINE) from exc
             for out, score in zip(results, profanity_scores, strict=True):
                 out.append(
                     Finding(

@@ -42,6 +42,26 @@ class GenerationParams(BaseModel):
     repetition_penalty: float | None = Field(default=None, description="Penalty on repeated tokens.")
 
 
+class FairnessRequest(BaseModel):
+    """Counterfactual fairness: the prompt's {group} slot filled per group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dimension: str | None = Field(default=None, description="gender, race, religion, or your own label.")
+    groups: list[str] | None = Field(
+        default=None, min_length=2, max_length=12, description="Groups to compare; default per dimension."
+    )
+    samples_per_group: int | None = Field(
+        default=None, ge=1, le=16, description="Generations per group; default from the policy."
+    )
+
+    @model_validator(mode="after")
+    def _groups_or_dimension(self) -> FairnessRequest:
+        if not self.dimension and not self.groups:
+            raise ValueError("fairness needs a dimension or groups")
+        return self
+
+
 class GenerationRequestBody(BaseModel):
     """A guarded generation job."""
 
@@ -55,6 +75,9 @@ class GenerationRequestBody(BaseModel):
     context: list[str] | None = Field(
         default=None, description="Grounding documents the output is checked against (hallucination)."
     )
+    fairness: FairnessRequest | None = Field(
+        default=None, description="Generate the prompt's {group} variants and score gaps between groups."
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequestBody:
@@ -62,6 +85,9 @@ class GenerationRequestBody(BaseModel):
             raise ValueError("send exactly one of prompt or messages")
         if self.messages is not None and not any(m.role == "user" for m in self.messages):
             raise ValueError("messages need at least one user message")
+        text = (self.prompt or "") + "".join(m.content for m in self.messages or [])
+        if self.fairness is not None and "{group}" not in text:
+            raise ValueError("a fairness request needs a {group} slot in its prompt or messages")
         return self
 
 
@@ -140,6 +166,7 @@ class GenerationController(Controller):
             "messages": [m.model_dump() for m in data.messages] if data.messages else None,
             "params": params,
             "context": data.context,
+            "fairness": data.fairness.model_dump(exclude_none=True) if data.fairness else None,
             "enqueued_at": time.time(),
         }
         try:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from litestar import Controller, post
 from litestar.datastructures import State
+from litestar.params import Parameter
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.engine import Decision
@@ -47,8 +48,8 @@ class ModerateBatchRequest(BaseModel):
     stage: Literal["input", "output"] = Field(default="output", description="Which check list to run.")
 
 
-def decision_body(decision: Decision) -> dict[str, Any]:
-    return decision.to_dict()
+def decision_body(decision: Decision, verbose: bool = False) -> dict[str, Any]:
+    return decision.to_dict(all_findings=verbose)
 
 
 def _policy_block(lp: LoadedPolicy) -> dict[str, str]:
@@ -60,19 +61,29 @@ class ModerationController(Controller):
     tags = ["moderation"]
 
     @post("/", status_code=200, summary="Check one text against a policy")
-    async def moderate(self, data: ModerateRequest, state: State) -> dict[str, Any]:
+    async def moderate(
+        self,
+        data: ModerateRequest,
+        state: State,
+        verbose: bool = Parameter(default=False, description="Also list findings that did not trigger."),
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         app: AppState = state.assay
         item = ModerationItem(data.text, tuple(data.context or ()))
         lp, (decision,) = await app.moderate(data.policy, data.stage, [item])
-        body = decision_body(decision)
+        body = decision_body(decision, verbose)
         body["policy"] = _policy_block(lp)
         body["stage"] = data.stage
         body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return body
 
     @post("/batch", status_code=200, summary="Check several texts against a policy")
-    async def moderate_batch(self, data: ModerateBatchRequest, state: State) -> dict[str, Any]:
+    async def moderate_batch(
+        self,
+        data: ModerateBatchRequest,
+        state: State,
+        verbose: bool = Parameter(default=False, description="Also list findings that did not trigger."),
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         app: AppState = state.assay
         if len(data.texts) > app.settings.max_batch_items:
@@ -88,7 +99,7 @@ class ModerationController(Controller):
         ]
         lp, decisions = await app.moderate(data.policy, data.stage, items)
         return {
-            "results": [decision_body(d) for d in decisions],
+            "results": [decision_body(d, verbose) for d in decisions],
             "policy": _policy_block(lp),
             "stage": data.stage,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -68,7 +68,19 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="assay-redis-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -103,10 +115,25 @@ class Stack:
         self.logs.append(log)
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                "--pool", "threads", "--concurrency", str(concurrency), "-Q", self.queue,
-                "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                self.queue,
+                "--hostname",
+                f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
             env=self.env,
             cwd=ROOT,
@@ -126,14 +153,21 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
+    def close(self) -> None:
+        for proc in [self.api, *self.workers]:
+            if proc is not None:
+                self.stop(proc)
+
     def dump_logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists()
+        )
 
 
-@pytest.fixture(scope="session")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The API process plus one Celery worker process, over real Redis and a SQLite store."""
-    data = tmp_path_factory.mktemp("assay-data")
+def start_stack(
+    redis_url: str, data: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Stack:
+    """Start the API process and ``workers`` Celery worker processes; wait until the API is ready."""
     queue = f"test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {
@@ -148,9 +182,11 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "ASSAY_PORT": str(port),
         "ASSAY_POLICY_DIR": str(ROOT / "policies"),
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     st = Stack(base_url=f"http://127.0.0.1:{port}", env=env, queue=queue)
-    st.start_worker("w1")
+    for i in range(workers):
+        st.start_worker(f"w{i + 1}")
     api_log = data / "api.log"
     st.logs.append(api_log)
     st.api = subprocess.Popen(
@@ -170,9 +206,15 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or st.api.poll() is not None:
+                st.close()
                 pytest.fail("API did not become ready:\n" + st.dump_logs())
             time.sleep(0.25)
+    return st
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The API process plus one Celery worker process, over real Redis and a SQLite store."""
+    st = start_stack(redis_url, tmp_path_factory.mktemp("assay-data"))
     yield st
-    for proc in [st.api, *st.workers]:
-        if proc is not None:
-            st.stop(proc)
+    st.close()

@@ -125,3 +125,36 @@ def test_queued_job_can_be_cancelled(stack: Stack) -> None:
         assert r.json()["status"] == "cancelled"
         assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
         assert c.delete(f"/v1/jobs/{job_id}").status_code == 409
+
+
+def test_fairness_job_returns_group_scores_gaps_and_intervals(stack: Stack) -> None:
+    result = generate(
+        stack,
+        {
+            "prompt": "Write one sentence about a {group} nurse.",
+            "fairness": {"dimension": "gender", "samples_per_group": 2},
+            "params": {"temperature": 0.8, "seed": 3, "max_new_tokens": 16},
+        },
+    )
+    fairness = result["fairness"]
+    assert fairness["dimension"] == "gender"
+    groups = {"female", "male", "non-binary"}
+    for measure in ("toxicity", "refusal_rate", "length"):
+        assert set(fairness["per_group"][measure]) == groups
+        gap = fairness["gaps"][measure]
+        lo, hi = gap["ci"]
+        assert 0 <= lo <= hi
+        assert gap["gap"] == pytest.approx(
+            max(fairness["per_group"][measure].values()) - min(fairness["per_group"][measure].values()),
+            abs=1e-5,
+        )
+    assert fairness["n_per_group"] == {g: 2 for g in ["female", "male", "non-binary"]}
+    assert len(result["variants"]) == 6
+    assert {v["group"] for v in result["variants"]} == groups
+    assert result["action"] in {"allow", "flag", "redact", "block"}
+
+
+def test_fairness_request_needs_a_group_slot(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.post("/v1/generations", json={"prompt": "no slot here", "fairness": {"dimension": "gender"}})
+    assert r.status_code == 400

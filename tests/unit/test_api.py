@@ -63,7 +63,7 @@ def test_batch_endpoint_keeps_order(api_client: Any) -> None:
 
 def test_policies_listing_and_detail(api_client: Any) -> None:
     listing = api_client.get("/v1/policies").json()["policies"]
-    assert {p["name"] for p in listing} == {"default", "strict"}
+    assert {p["name"] for p in listing} == {"default", "grounded", "strict"}
     detail = api_client.get("/v1/policies/strict").json()
     assert detail["policy"]["name"] == "strict" and detail["sha256"]
 
@@ -119,3 +119,32 @@ def test_oversized_body_is_413(api_client: Any) -> None:
 
 def test_unknown_route_is_problem_404(api_client: Any) -> None:
     _assert_problem(api_client.get("/v1/nothing"), 404)
+
+
+CONTEXT = ["The Louvre is a museum in Paris, France. It opened to the public in 1793."]
+
+
+def test_grounded_answer_flags_the_unsupported_sentence_and_names_evidence(api_client: Any) -> None:
+    text = "The Louvre is a museum in Paris. Tickets cost two hundred dollars for children."
+    r = api_client.post(
+        "/v1/moderate?verbose=true", json={"text": text, "policy": "grounded", "context": CONTEXT}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    claims = [
+        f for f in body["findings"] if f["check"] == "hallucination" and f["label"] == "unsupported_claim"
+    ]
+    assert len(claims) == 2
+    supported, unsupported = sorted(claims, key=lambda f: f["span"]["start"])
+    assert not supported["triggered"]
+    assert supported["detail"]["evidence"].startswith("The Louvre is a museum in Paris")
+    assert unsupported["triggered"] and unsupported["action"] == "flag"
+    assert text[unsupported["span"]["start"] : unsupported["span"]["end"]].startswith("Tickets cost")
+    # spaCy's small model may also tag "Louvre" as a PERSON, which redacts: at least a flag.
+    assert body["action"] in {"flag", "redact"}
+
+
+def test_grounded_policy_without_context_cannot_evaluate_and_is_not_safe(api_client: Any) -> None:
+    body = api_client.post("/v1/moderate", json={"text": "Paris is in France.", "policy": "grounded"}).json()
+    assert body["action"] == "flag"
+    assert any(e["check"] == "hallucination" and "context" in e["error"] for e in body["errors"])

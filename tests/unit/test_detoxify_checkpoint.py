@@ -29,6 +29,7 @@ from evaluators.training import (
     JIGSAW_CLASSES,
     TrainProgress,
     TrainReport,
+    default_base_model,
     read_jigsaw_csv,
     train_toxicity,
 )
@@ -103,6 +104,7 @@ def test_training_writes_detoxify_folder_and_metadata(trained: Trained) -> None:
     meta = json.loads((out / "assay-model.json").read_text())
     assert meta["base_model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert meta["data"]["rows_in_file"] == meta["data"]["rows_used"] == 40
     assert meta["train_rows"] + meta["val_rows"] == 40
     assert meta["val_rows"] == report.val_rows == 10
     assert meta["hyperparameters"]["epochs"] == 1
@@ -136,9 +138,7 @@ def test_loads_through_detoxify(trained: Trained) -> None:
 def test_check_matches_detoxify_predict(trained: Trained) -> None:
     _, out, _ = trained
     texts = ["you are a stupid idiot", "thanks for the fix", "a much longer clean sentence " * 3]
-    expected = Detoxify(
-        checkpoint=str(out / "model.ckpt"), huggingface_config_path=str(out)
-    ).predict(texts)
+    expected = Detoxify(checkpoint=str(out / "model.ckpt"), huggingface_config_path=str(out)).predict(texts)
     check = _check(str(out), batch_size=2)
     results = check.evaluate([CheckInput(normalize(t)) for t in texts])
     assert check.engines == ["detoxify:tiny-tox"]
@@ -169,9 +169,7 @@ def test_moved_folder_still_loads(trained: Trained, tmp_path: Path) -> None:
     moved_scores = check.evaluate(item)[0]
     original_scores = _check(str(out)).evaluate(item)[0]
     assert check.engines == ["detoxify:moved-tox"]
-    assert [f.score for f in moved_scores] == pytest.approx(
-        [f.score for f in original_scores], abs=1e-6
-    )
+    assert [f.score for f in moved_scores] == pytest.approx([f.score for f in original_scores], abs=1e-6)
 
 
 def test_relative_checkpoint_resolves_in_model_dir(
@@ -220,9 +218,7 @@ def test_checkpoint_without_config_is_a_clear_error(trained: Trained, tmp_path: 
     assert err.value.extra["field"] == "detoxify.checkpoint"
 
 
-def test_named_checkpoint_is_not_downloaded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_named_checkpoint_is_not_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
     with pytest.raises(ModelMissingError, match="cannot be fetched offline") as err:
         _check("original").load()
@@ -240,14 +236,22 @@ def test_missing_label_columns_are_listed(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_training_is_deterministic_and_seeded(tmp_path: Path) -> None:
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
     data = write_csv(tmp_path / "d.csv", rows=16)
-    runs = {}
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        tiny_train(data, tmp_path / name, seed=seed, max_rows=12, val_fraction=0.0)
-        runs[name] = torch.load(tmp_path / name / "model.ckpt", weights_only=False)["state_dict"]
-    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
-    assert not torch.equal(runs["a"]["classifier.weight"], runs["c"]["classifier.weight"])
+    runs = []
+    for name in ("a", "b"):
+        tiny_train(data, tmp_path / name, seed=1, max_rows=12, val_fraction=0.0)
+        runs.append(torch.load(tmp_path / name / "model.ckpt", weights_only=False)["state_dict"])
+    a, b = runs
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Not trivially equal: the encoder moved away from the base weights...
+    base = load_file(default_base_model() / "model.safetensors")
+    key = "encoder.layer.5.output.dense.weight"
+    assert not torch.equal(a[f"bert.{key}"], base[key])
+    # ...while the frozen token embedding stayed put.
+    assert torch.equal(a["bert.embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])
 
 
 def test_failed_training_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "policies"
 
 
-@pytest.mark.parametrize("name", ["default", "strict"])
+@pytest.mark.parametrize("name", ["default", "strict", "grounded"])
 def test_shipped_policies_validate(name: str) -> None:
     lp = load_policy_file(ROOT / "policies" / f"{name}.yaml")
     assert lp.name == name
@@ -98,7 +98,7 @@ def test_policy_is_frozen() -> None:
 
 def test_store_unknown_policy() -> None:
     store = PolicyStore(load_policy_dir(ROOT / "policies"))
-    with pytest.raises(PolicyNotFound, match="known: default, strict"):
+    with pytest.raises(PolicyNotFound, match="known: default, grounded, strict"):
         store.get("nope")
 
 
@@ -164,3 +164,8 @@ def test_cli_validate_and_schema(tmp_path: Path) -> None:
     )
     assert schema.returncode == 0, schema.stderr
     assert json.loads(out.read_text())["title"] == "Assay policy"
+
+
+def test_empty_values_parse_as_null_not_as_broken_yaml() -> None:
+    lp = parse_policy("name: empty\nversion: '1'\ndescription:\ninput: []\n", "empty.yaml")
+    assert lp.policy.description is None

@@ -200,9 +200,7 @@ def engines_per_text(results: list[list[Finding]]) -> list[set[str]]:
 def test_escalate_above_skips_second_tier_for_clean_text(tiny_checkpoint: Path) -> None:
     texts = ["You are a wonderful colleague", "you are an 1d10t"]
     tier2 = "detoxify:tiny-tier2"
-    escalating = ToxicityCheck(
-        make(detoxify={"checkpoint": str(tiny_checkpoint)}, escalate_above=0.5)
-    )
+    escalating = ToxicityCheck(make(detoxify={"checkpoint": str(tiny_checkpoint)}, escalate_above=0.5))
     assert engines_per_text(run(escalating, texts)) == [
         {PROFANITY_ENGINE},
         {PROFANITY_ENGINE, tier2},
@@ -250,9 +248,7 @@ def test_batched_scores_equal_single_scores(tiny_checkpoint: Path) -> None:
 
 
 def test_int8_quantization_on_cpu(tiny_checkpoint: Path) -> None:
-    fp32 = ToxicityCheck(
-        make(profanity=None, detoxify={"checkpoint": str(tiny_checkpoint), "device": "cpu"})
-    )
+    fp32 = ToxicityCheck(make(profanity=None, detoxify={"checkpoint": str(tiny_checkpoint), "device": "cpu"}))
     int8 = ToxicityCheck(
         make(
             profanity=None,
@@ -263,9 +259,7 @@ def test_int8_quantization_on_cpu(tiny_checkpoint: Path) -> None:
     a, b = run(fp32, texts), run(int8, texts)
     assert int8._classifier is not None
     linear_types = {
-        type(m).__module__
-        for m in int8._classifier.detox.model.modules()
-        if "Linear" in type(m).__name__
+        type(m).__module__ for m in int8._classifier.detox.model.modules() if "Linear" in type(m).__name__
     }
     assert any("quantized" in t for t in linear_types)
     assert not any(isinstance(m, torch.nn.Linear) for m in int8._classifier.detox.model.modules())
