@@ -46,7 +46,7 @@ PROMPTS = [
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def naive(levels: list[int], tokens: int) -> dict[int, dict[str, float]]:
@@ -67,11 +67,16 @@ def naive(levels: list[int], tokens: int) -> dict[int, dict[str, float]]:
         started = time.perf_counter()
         for p in prompts:
             ids = tok.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+                [{"role": "user", "content": p}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
             )
             t0 = time.perf_counter()
             with torch.inference_mode():
-                seq = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+                seq = model.generate(
+                    **ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.eos_token_id
+                )
             # A naive loop's job i waits for every job before it.
             latencies.append(time.perf_counter() - started)
             generated += int(seq.shape[1] - ids["input_ids"].shape[1])
@@ -155,7 +160,9 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--levels", default="1,8,16")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", help="also write results here")
@@ -185,7 +192,9 @@ def main() -> int:
     for n in levels:
         for name, res in (("naive", loop[n]), ("assay", queued[n])):
             r = res
-            print(f"{n:>5} {name:>7} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} {int(r['tokens']):>7}")
+            print(
+                f"{n:>5} {name:>7} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} {int(r['tokens']):>7}"
+            )
         ratio = queued[n]["tokens_per_s"] / loop[n]["tokens_per_s"]
         print(f"{n:>5} {'ratio':>7} {ratio:>7.2f}x")
         report[str(n)] = {"naive": loop[n], "assay": queued[n], "ratio": ratio}

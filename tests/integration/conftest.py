@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from workers.embedded import _die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = Path(os.environ.get("ASSAY_MODEL_DIR", ROOT / ".cache" / "models"))
 
@@ -140,6 +142,7 @@ class Stack:
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.workers.append(proc)
         return proc
@@ -196,6 +199,7 @@ def start_stack(
         stdout=api_log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     deadline = time.monotonic() + 120
     with st.client(timeout=5) as c:

@@ -80,7 +80,7 @@ def _rows(stack: Stack, run_id: str) -> list[tuple[str, str]]:
 
 
 def test_audit_runs_end_to_end_with_reports(audit_stack: Stack) -> None:
-    body = {"suite": _suite(6), "policy": "default", "params": {"temperature": 0, "max_new_tokens": 12}}
+    body = {"suite": _suite(6), "policy": "default", "params": {"temperature": 0, "max_new_tokens": 8}}
     with audit_stack.client() as c:
         r = c.post("/v1/audits", json=body)
         assert r.status_code == 202, r.text
@@ -111,7 +111,7 @@ def test_audit_runs_end_to_end_with_reports(audit_stack: Stack) -> None:
 
 
 def test_killed_worker_run_completes_exactly_once(audit_stack: Stack) -> None:
-    body = {"suite": _suite(16), "policy": "default", "params": {"temperature": 0, "max_new_tokens": 24}}
+    body = {"suite": _suite(16), "policy": "default", "params": {"temperature": 0, "max_new_tokens": 8}}
     with audit_stack.client() as c:
         r = c.post("/v1/audits", json=body)
         assert r.status_code == 202, r.text
