@@ -87,7 +87,7 @@ def naive_app(checkpoint: str) -> Any:
     # What a user does: Detoxify with a local checkpoint and its config folder.
     detox = Detoxify(checkpoint=_checkpoint_source(folder), huggingface_config_path=str(folder))
 
-    @post("/v1/moderate", sync_to_thread=True)
+    @post("/v1/moderate", sync_to_thread=True, status_code=200)
     def moderate(data: dict[str, Any]) -> dict[str, Any]:
         text = data["text"]
         pii = analyzer.analyze(text=text, language="en", entities=ENTITIES)
@@ -164,6 +164,9 @@ def main() -> int:
     parser.add_argument("--checkpoint", default=str(ROOT / ".cache" / "models" / "toxicity-minilm"))
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--no-int8", dest="int8", action="store_false", help="run Assay's Detoxify tier in fp32 (default: int8)"
+    )
     parser.add_argument("--serve-naive", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write results to this file")
     args = parser.parse_args()
@@ -183,7 +186,7 @@ def main() -> int:
     entities = "\n".join(f"      {e}: {{threshold: 0.5, action: redact}}" for e in ENTITIES)
     (policy_dir / "bench.yaml").write_text(
         f"name: default\nversion: bench\noutput:\n  - check: pii\n    entities:\n{entities}\n"
-        f"  - check: toxicity\n    detoxify: {{checkpoint: {args.checkpoint}}}\n"
+        f"  - check: toxicity\n    detoxify: {{checkpoint: {args.checkpoint}, quantize_int8: {str(args.int8).lower()}}}\n"
     )
     env = {
         **os.environ,

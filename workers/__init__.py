@@ -1,1 +1,4 @@
-"""Celery workers of Assay: job tasks, the job store and the text generator."""
+"""Assay workers: Celery app, thin tasks, model loading and generation."""
+
+# Sets the offline and OpenMP environment before anything here imports torch.
+import evaluators  # noqa: F401
