@@ -76,7 +76,7 @@ class SamplingParams:
     top_k: int = 50
     """Keep the k most likely tokens; 0 disables."""
     top_p: float = 0.95
-    """Nucleus sampling mass; 1.0 disables."""
+    """Nucleus sampling mass; 1.0 disables, 0 keeps only the most likely token (as in HF)."""
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()
     """Strings that end the completion; the text is cut before the first one found."""
@@ -100,8 +100,8 @@ class SamplingParams:
             problems.append("temperature must be >= 0")
         if self.top_k < 0:
             problems.append("top_k must be >= 0 (0 disables it)")
-        if not 0 < self.top_p <= 1:
-            problems.append("top_p must be in (0, 1]")
+        if not 0 <= self.top_p <= 1:
+            problems.append("top_p must be in [0, 1]")
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be >= 1")
         if self.repetition_penalty <= 0:
@@ -480,7 +480,8 @@ class _Sampler:
         # Drop a candidate when the mass ranked above it already reaches top_p (the
         # same set as HF's TopPLogitsWarper); the first candidate always stays.
         mass_before = probs.cumsum(dim=-1) - probs
-        values = values.masked_fill(mass_before >= self.top_p[sampling, None], float("-inf"))
+        drop = (mass_before >= self.top_p[sampling, None]) & (rank[None, :] > 0)
+        values = values.masked_fill(drop, float("-inf"))
         probs = values.softmax(dim=-1)
 
         picks = torch.empty(len(sampling), dtype=torch.long, device=values.device)

@@ -202,12 +202,14 @@ def test_top_k_1_and_tiny_top_p_are_greedy_per_row(gen: Generator) -> None:
         [
             req(PROMPTS[2], temperature=1.5, top_k=1, seed=1),
             req(PROMPTS[2], temperature=1.5, top_k=0, top_p=1e-6, seed=2),
+            req(PROMPTS[2], temperature=1.5, top_k=0, top_p=0.0, seed=4),
             req(PROMPTS[2], temperature=5.0, top_k=0, top_p=1.0, seed=3),
         ]
     )
     assert outs[0].text == greedy
     assert outs[1].text == greedy
-    assert outs[2].text != greedy  # a hot, untruncated row in the same batch really samples
+    assert outs[2].text == greedy  # top_p=0 keeps the most likely token, as in HF
+    assert outs[3].text != greedy  # a hot, untruncated row in the same batch really samples
 
 
 def test_repetition_penalty_applies_to_its_row_only(gen: Generator) -> None:
@@ -266,7 +268,7 @@ def test_request_and_params_validation() -> None:
     with pytest.raises(InputError):
         GenerationRequest(prompt="x", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(InputError, match="top_p"):
-        SamplingParams(top_p=0)
+        SamplingParams(top_p=1.5)
     with pytest.raises(InputError, match="temperature"):
         SamplingParams(temperature=-1)
     with pytest.raises(InputError, match="stop"):
@@ -313,6 +315,25 @@ def test_local_folder_is_used_as_is(tmp_path: Path) -> None:
     resolved = resolve_model(str(folder), tmp_path)
     assert resolved.path == folder and resolved.source == "folder"
     assert resolved.revision_or_hash
+
+
+def test_hf_cache_snapshot_is_found_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny-lm"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelMissingError, match="only part"):
+        resolve_model("acme/tiny-lm", tmp_path / "models")
+    (snapshot / "config.json").write_text("{}")
+    resolved = resolve_model("acme/tiny-lm", tmp_path / "models")
+    assert resolved.path == snapshot
+    assert resolved.source == "hf-cache"
+    assert resolved.revision_or_hash == commit
 
 
 def test_gguf_is_converted_once_under_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
