@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import free_port, redis_answers, redis_binary, start_stack  # noqa: E402
+from tests.integration.conftest import running_redis, start_stack  # noqa: E402
 
 TOPICS = ["rivers", "bread", "owls", "trains", "tea", "clouds", "chess", "bees", "glass", "maps",
           "volcanoes", "violins", "deserts", "kites", "coral", "comets", "bridges", "lanterns", "moss", "salt"]  # fmt: skip
@@ -78,25 +78,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
-    import subprocess
-
-    proc = None
-    if redis_answers("127.0.0.1", 6379):
-        redis_url = "redis://127.0.0.1:6379/0"
-    else:
-        binary = redis_binary()
-        if binary is None:
-            raise SystemExit("no Redis and no redis-server binary")
-        port = free_port()
-        proc = subprocess.Popen([binary, "--port", str(port), "--save", ""], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-    try:
+    with running_redis() as redis_url:
         one = run_once(redis_url, 1, args.items, args.tokens)
         two = run_once(redis_url, 2, args.items, args.tokens)
-    finally:
-        if proc:
-            proc.terminate()
     ratio = two["items_per_min"] / one["items_per_min"]
     for r in (one, two):
         print(

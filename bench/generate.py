@@ -30,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import free_port, redis_answers, redis_binary  # noqa: E402
+from tests.integration.conftest import free_port, running_redis  # noqa: E402
 
 PROMPTS = [
     "Describe the water cycle in detail.",
@@ -169,24 +169,9 @@ def main() -> int:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
-    redis_proc = None
-    if redis_answers("127.0.0.1", 6379):
-        redis_url = "redis://127.0.0.1:6379/0"
-    else:
-        binary = redis_binary()
-        if binary is None:
-            raise SystemExit("no Redis and no redis-server binary")
-        rport = free_port()
-        redis_proc = subprocess.Popen([binary, "--port", str(rport), "--save", "", "--appendonly", "no"],
-                                      stdout=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(0.5)
-        redis_url = f"redis://127.0.0.1:{rport}/0"
-    try:
+    with running_redis() as redis_url:
         queued = through_queue(levels, args.tokens, redis_url)
-        loop = naive(levels, args.tokens)
-    finally:
-        if redis_proc:
-            redis_proc.terminate()
+    loop = naive(levels, args.tokens)
     print(f"{'jobs':>5} {'way':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'tokens':>7}")
     report: dict[str, Any] = {}
     for n in levels:

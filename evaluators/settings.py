@@ -86,10 +86,15 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def apply_torch_threads(settings: EvaluatorSettings | None = None) -> None:
-    """Apply ``ASSAY_TORCH_THREADS`` to this process; 0 leaves torch's default."""
-    settings = settings or evaluator_settings()
-    if settings.torch_threads > 0:
-        import torch
+def apply_torch_threads(settings: EvaluatorSettings | None = None, *, default: int = 0) -> int:
+    """Apply ``ASSAY_TORCH_THREADS`` (else ``default``) to this process; 0 leaves torch's own.
 
-        torch.set_num_threads(settings.torch_threads)
+    Returns the thread count torch now uses.
+    """
+    settings = settings or evaluator_settings()
+    import torch
+
+    threads = settings.torch_threads or default
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return int(torch.get_num_threads())

