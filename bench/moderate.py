@@ -165,7 +165,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument(
-        "--no-int8", dest="int8", action="store_false", help="run Assay's Detoxify tier in fp32 (default: int8)"
+        "--no-int8",
+        dest="int8",
+        action="store_false",
+        help="run Assay's Detoxify tier in fp32 (default: int8)",
     )
     parser.add_argument("--serve-naive", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write results to this file")

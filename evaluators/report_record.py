@@ -136,5 +136,3 @@ def render_json(run: Mapping[str, Any]) -> dict[str, Any]:
     out = _jsonable(run)
     out.setdefault("schema_version", SCHEMA_VERSION)
     return out
-
-
