@@ -64,10 +64,16 @@ def ping() -> str:
 
 
 @worker_ready.connect
-def _warm_up_in_background(**_: Any) -> None:
+def _warm_up_in_background(sender: Any = None, **_: Any) -> None:
     # Load policies' models and the default generator once the worker is up,
     # in a thread: jobs arriving meanwhile wait on the same load locks
     # instead of loading twice, and worker start-up is never blocked.
+    # Only where tasks run in this process (threads or solo pool): a prefork
+    # parent must not load models, nor touch CUDA, before it forks children.
+    pool_module = type(getattr(sender, "pool", None)).__module__
+    if pool_module not in {"celery.concurrency.thread", "celery.concurrency.solo"}:
+        log.info("warm-up skipped for pool %s: children load models lazily", pool_module)
+        return
     threading.Thread(target=warm_up, name="assay-warm-up", daemon=True).start()
 
 
