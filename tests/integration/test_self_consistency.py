@@ -1,0 +1,47 @@
+"""Self-consistency end to end in the worker pipeline: extra samples come from the same batched decode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import workers.pipeline as pipeline
+from evaluators.policy import PolicyStore, parse_policy
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+POLICY = """
+name: selfcheck
+version: "1"
+output:
+  - check: hallucination
+    mode: self_consistency
+    samples: 3
+    threshold: 0.5
+    action: flag
+"""
+
+
+@pytest.fixture
+def selfcheck_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PolicyStore({"selfcheck": parse_policy(POLICY, "selfcheck.yaml")})
+    monkeypatch.setattr(pipeline, "worker_policies", lambda: store)
+    monkeypatch.setattr(pipeline, "_engines", {})
+
+
+def test_answer_is_scored_against_its_own_samples(selfcheck_policy: None) -> None:
+    payload: dict[str, Any] = {
+        "policy": "selfcheck",
+        "model": "smollm2",
+        "prompt": "What is the capital of France? Answer in one sentence.",
+        "params": {"temperature": 0, "max_new_tokens": 24},
+    }
+    engine = pipeline.engine_for("selfcheck")
+    assert pipeline.self_consistency_samples(engine) == 3
+    (result,) = pipeline.guarded_batch([payload])
+    checks = result["output_checks"]
+    assert checks["errors"] == [], checks["errors"]  # samples arrived: the check could evaluate
+    assert "hallucination.overall" in checks["scores"]
+    assert checks["engines"]["hallucination.overall"] == "minilm-similarity"
+    assert result["output"]
