@@ -37,6 +37,7 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="" \
+    ASSAY_HOME=/app \
     ASSAY_POLICY_DIR=/app/policies \
     ASSAY_MODEL_DIR=/models \
     ASSAY_DATA_DIR=/var/lib/assay/data \
@@ -88,6 +89,7 @@ RUN pip install --no-deps /tmp/assay-src \
  && rm -rf /tmp/assay-src
 
 COPY policies /app/policies
+COPY suites /app/suites
 
 WORKDIR /app
 USER 10001:10001

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -278,8 +277,3 @@ class PolicyStore:
 
     def __len__(self) -> int:
         return len(self._policies)
-
-
-@lru_cache(maxsize=8)
-def _cached_dir(directory: str) -> PolicyStore:
-    return PolicyStore(load_policy_dir(Path(directory)))

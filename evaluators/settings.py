@@ -17,7 +17,9 @@ from evaluators.errors import ConfigError
 
 T = TypeVar("T")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where policies/, suites/ and the default caches live: the checkout, or
+# ASSAY_HOME when the package is installed elsewhere (the container images).
+PROJECT_ROOT = Path(os.environ.get("ASSAY_HOME") or Path(__file__).resolve().parent.parent)
 
 
 def _coerce(name: str, raw: str, kind: Any) -> Any:
