@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.conftest import free_port, running_redis  # noqa: E402
+from workers.embedded import worker_command  # noqa: E402
 
 PROMPTS = [
     "Describe the water cycle in detail.",
@@ -105,8 +106,7 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
         "ASSAY_LOG_LEVEL": "WARNING",
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
-         "--concurrency", "16", "-Q", queue, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+        worker_command([queue], concurrency=16, hostname=f"bench-{os.getpid()}@%h"),
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     api = subprocess.Popen(

@@ -30,7 +30,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "toxigen-demonstrations" / "toxigen_demonstrations.csv"
@@ -38,8 +37,8 @@ DATA = ROOT.parent / "shared" / "data" / "toxigen-demonstrations" / "toxigen_dem
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.bias_common import add_scorer_args, bias_check  # noqa: E402
 from evaluators.checks.base import CheckInput  # noqa: E402
-from evaluators.checks.bias import BiasCheck, BiasConfig  # noqa: E402
 from evaluators.findings import Finding  # noqa: E402
 from evaluators.normalize import normalize  # noqa: E402
 
@@ -96,28 +95,11 @@ def share(values: Sequence[bool]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--checkpoint", help="Detoxify checkpoint folder for the scorer (default: profanity tier)"
-    )
-    parser.add_argument("--batch", type=int, default=64, help="statements per check.evaluate call")
-    parser.add_argument(
-        "--threads", type=int, default=0,
-        help="torch CPU threads; 0 keeps torch's default (1 beats 2 when the cores are shared)",
-    )  # fmt: skip
+    add_scorer_args(parser, "statements per check.evaluate call")
     parser.add_argument("--data", type=Path, default=DATA, help="toxigen_demonstrations.csv")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    fields: dict[str, Any] = {"check": "bias"}
-    if args.checkpoint:
-        fields["toxicity"] = {"profanity": None, "detoxify": {"checkpoint": args.checkpoint, "device": "cpu"}}
-    config = BiasConfig.model_validate(fields)
-    check = BiasCheck(config)
     started = time.perf_counter()
-    check.load()
+    check, config = bias_check(args)
     rows = read_rows(args.data)
     results: list[dict[str, Finding]] = []
     for start in range(0, len(rows), args.batch):

@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "winobias"
@@ -37,8 +36,9 @@ DATA = ROOT.parent / "shared" / "data" / "winobias"
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.bias_common import add_scorer_args, bias_check  # noqa: E402
 from evaluators.checks.base import CheckInput  # noqa: E402
-from evaluators.checks.bias import BiasCheck, BiasConfig  # noqa: E402
+from evaluators.checks.bias import BiasCheck  # noqa: E402
 from evaluators.findings import Finding  # noqa: E402
 from evaluators.normalize import normalize  # noqa: E402
 
@@ -77,29 +77,12 @@ def mean(values: Sequence[float]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--checkpoint", help="Detoxify checkpoint folder for the scorer (default: profanity tier)"
-    )
     parser.add_argument("--examples", type=int, default=5, help="print this many flagged sentences")
-    parser.add_argument("--batch", type=int, default=64, help="sentences per check.evaluate call")
-    parser.add_argument(
-        "--threads", type=int, default=0,
-        help="torch CPU threads; 0 keeps torch's default (1 beats 2 when the cores are shared)",
-    )  # fmt: skip
+    add_scorer_args(parser, "sentences per check.evaluate call")
     parser.add_argument("--data", type=Path, default=DATA, help="the winobias folder")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    fields: dict[str, Any] = {"check": "bias"}
-    if args.checkpoint:
-        fields["toxicity"] = {"profanity": None, "detoxify": {"checkpoint": args.checkpoint, "device": "cpu"}}
-    config = BiasConfig.model_validate(fields)
-    check = BiasCheck(config)
     started = time.perf_counter()
-    check.load()
+    check, config = bias_check(args)
     print(f"data: {args.data}")
     print(
         f"scorer: {check.scorer.engine}; thresholds: identity_attack {config.identity_attack_threshold}, "

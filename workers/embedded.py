@@ -18,27 +18,15 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def worker_command(settings: WorkerSettings, *, hostname: str = "assay-embedded@%h") -> list[str]:
+def worker_command(
+    queues: list[str], *, concurrency: int, hostname: str = "assay-embedded@%h", extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The Celery worker command line Assay runs: threads pool, so jobs share batched decoding."""
     return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        str(settings.worker_concurrency),
-        "-Q",
-        ",".join(settings.queues()),
-        "--hostname",
-        hostname,
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--pool", "threads", "--concurrency", str(concurrency), "-Q", ",".join(queues),
+        "--hostname", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle", *extra,
+    ]  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -61,7 +49,11 @@ class EmbeddedWorker:
         env = dict(os.environ)
         env.setdefault("ASSAY_DATA_DIR", str(self.settings.data_dir))
         env.setdefault("ASSAY_POLICY_DIR", str(self.settings.policy_dir))
-        self.process = subprocess.Popen(worker_command(self.settings), env=env, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            worker_command(self.settings.queues(), concurrency=self.settings.worker_concurrency),
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         log.info("embedded Celery worker started (pid %d)", self.process.pid)
 
     def alive(self) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.embedded import _die_with_parent
+from workers.embedded import _die_with_parent, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = Path(os.environ.get("ASSAY_MODEL_DIR", ROOT / ".cache" / "models"))
@@ -129,27 +129,12 @@ class Stack:
         log = Path(self.env["ASSAY_DATA_DIR"]) / f"worker-{name}.log"
         self.logs.append(log)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(concurrency),
-                "-Q",
-                self.queue,
-                "--hostname",
-                f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            worker_command(
+                [self.queue],
+                concurrency=concurrency,
+                hostname=f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                extra=("--without-heartbeat",),
+            ),
             env=self.env,
             cwd=ROOT,
             stdout=log.open("wb"),
