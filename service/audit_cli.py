@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,25 +69,20 @@ def run_embedded(body: dict[str, Any], out: Path) -> int:
     """Run the audit in this process on the local store, chunk by chunk."""
     from evaluators.policy import PolicyStore, load_policy_dir
     from service.routes.audits import load_suite
-    from workers.audit import audit_store, chunks, maybe_finalize, run_chunk, work_items
+    from workers.audit import audit_store, chunks, create_run, maybe_finalize, run_chunk, work_items
     from workers.params import resolve_params
     from workers.settings import worker_settings
-    from workers.store import QUEUED, AuditRun, PolicyRecord
 
     settings = worker_settings()
     lp = PolicyStore(load_policy_dir(settings.policy_dir)).get(body["policy"])
     suite = load_suite(body["suite"])
     samples = int(body.get("samples_per_prompt", 1))
     model = body.get("model") or settings.default_model
-    run = AuditRun(
-        id=uuid.uuid4().hex, status=QUEUED, suite_name=suite.suite.name, suite_sha256=suite.sha256,
-        suite=suite.suite.model_dump(mode="json"), model=model, queue="embedded", policy_name=lp.name,
-        policy_sha256=lp.sha256, params=resolve_params(lp.policy, body.get("params")),
-        samples_per_prompt=samples, total=len(suite.expand(samples)),
+    run = create_run(
+        lp, suite, model=model, queue="embedded", params=resolve_params(lp.policy, body.get("params")),
+        samples_per_prompt=samples,
     )  # fmt: skip
     store = audit_store(settings)
-    store.create_run(run, PolicyRecord(sha256=lp.sha256, name=lp.name, version=lp.policy.version,
-                                       content=lp.path.read_text("utf-8")))  # fmt: skip
     store.mark_started(run.id)
     print(f"audit {run.id}: {run.total} items, embedded", file=sys.stderr)
     started = time.monotonic()

@@ -76,7 +76,7 @@ def _cmd_train_toxicity(args: argparse.Namespace) -> int:
     )
     print(
         json.dumps(
-            report.to_dict() if hasattr(report, "to_dict") else report.__dict__,
+            report.to_dict(),
             indent=2,
             default=str,
         )

@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from evaluators.aggregate import ItemResult
+from evaluators.policy import LoadedPolicy
 from workers.pipeline import guarded_batch
 from workers.settings import WorkerSettings, worker_settings
-from workers.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, AuditRun, AuditStore, job_store, utcnow
+from workers.store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    AuditRun,
+    AuditStore,
+    PolicyRecord,
+    job_store,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +39,30 @@ log = logging.getLogger(__name__)
 def audit_store(settings: WorkerSettings | None = None) -> AuditStore:
     settings = settings or worker_settings()
     return AuditStore(job_store(settings.resolved_database_url()))
+
+
+def create_run(
+    lp: LoadedPolicy, suite: Any, *, model: str, queue: str, params: dict[str, Any], samples_per_prompt: int
+) -> AuditRun:
+    """Record a new queued run of ``suite`` under ``lp`` (and the policy version, by sha256)."""
+    run = AuditRun(
+        id=uuid.uuid4().hex,
+        status=QUEUED,
+        suite_name=suite.suite.name,
+        suite_sha256=suite.sha256,
+        suite=suite.suite.model_dump(mode="json"),
+        model=model,
+        queue=queue,
+        policy_name=lp.name,
+        policy_sha256=lp.sha256,
+        params=params,
+        samples_per_prompt=samples_per_prompt,
+        total=len(suite.expand(samples_per_prompt)),
+    )
+    policy = PolicyRecord(
+        sha256=lp.sha256, name=lp.name, version=lp.policy.version, content=lp.path.read_text("utf-8")
+    )
+    return audit_store().create_run(run, policy)
 
 
 def work_items(run: AuditRun) -> list[Any]:
@@ -46,12 +83,19 @@ def start_run(run_id: str, enqueue: Callable[[str, list[str]], None], chunk_size
     run = store.get_run(run_id)
     if run is None or not store.mark_started(run_id):
         return 0
-    done = store.done_keys(run_id)
+    return enqueue_pending(store, run, enqueue, chunk_size)
+
+
+def enqueue_pending(
+    store: AuditStore, run: AuditRun, enqueue: Callable[[str, list[str]], None], chunk_size: int
+) -> int:
+    """Enqueue chunks of the items that have no result yet; finalize when none is left."""
+    done = store.done_keys(run.id)
     pending = [w.key for w in work_items(run) if w.key not in done]
     for chunk in chunks(pending, chunk_size):
-        enqueue(run_id, chunk)
+        enqueue(run.id, chunk)
     if not pending:
-        maybe_finalize(run_id)
+        maybe_finalize(run.id)
     return len(pending)
 
 
@@ -174,14 +218,9 @@ def sweep(
         run = store.get_run(run_id)
         if run is None:
             continue
-        done = store.done_keys(run_id)
-        pending = [w.key for w in work_items(run) if w.key not in done]
-        for chunk in chunks(pending, chunk_size):
-            enqueue(run_id, chunk)
+        pending = enqueue_pending(store, run, enqueue, chunk_size)
         if pending:
-            resent[run_id] = len(pending)
-        else:
-            maybe_finalize(run_id)
+            resent[run_id] = pending
     return resent
 
 

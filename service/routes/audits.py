@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ from evaluators.settings import PROJECT_ROOT
 from service.problems import problem
 from service.state import AppState
 from workers.params import resolve_params
-from workers.store import QUEUED, SUCCEEDED, TERMINAL, AuditRun, PolicyRecord
+from workers.store import QUEUED, SUCCEEDED, TERMINAL, AuditRun
 
 SUITE_DIR = PROJECT_ROOT / "suites"
 
@@ -68,16 +67,19 @@ def run_summary(app: AppState, run: AuditRun) -> dict[str, Any]:
 
     store = audit_store(app.worker_settings)
     body = run_to_dict(run)
-    results = store.results(run.id)
-    body["progress"] = progress(run, len(results))
     body["links"] = audit_links(run.id)
     if run.report is not None:
+        # Finished: the stored record has everything; only count the rows.
+        body["progress"] = progress(run, store.count_results(run.id))
         body["verdict"] = run.report.get("verdict")
         body["metrics"] = run.report.get("metrics")
         body["gates"] = run.report.get("gates")
-    elif results:
-        partial = run_record(run, results, status=run.status)
-        body["partial"] = {k: partial[k] for k in ("metrics", "per_category", "gates", "warnings")}
+    else:
+        results = store.results(run.id)
+        body["progress"] = progress(run, len(results))
+        if results:
+            partial = run_record(run, results, status=run.status)
+            body["partial"] = {k: partial[k] for k in ("metrics", "per_category", "gates", "warnings")}
     if run.error:
         body["error"] = run.error
     return body
@@ -93,31 +95,22 @@ class AuditController(Controller):
         lp = app.policy(data.policy)
         params = resolve_params(lp.policy, data.params)
         suite = await asyncio.to_thread(load_suite, data.suite)
-        total = len(suite.expand(data.samples_per_prompt))
-        if total == 0:
+        if not suite.expand(data.samples_per_prompt):
             raise InputError("the suite has no items")
         settings = app.worker_settings
         model = data.model or settings.default_model
-        run = AuditRun(
-            id=uuid.uuid4().hex,
-            status=QUEUED,
-            suite_name=suite.suite.name,
-            suite_sha256=suite.sha256,
-            suite=suite.suite.model_dump(mode="json"),
+        from workers.audit import create_run
+
+        run = await asyncio.to_thread(
+            create_run,
+            lp,
+            suite,
             model=model,
             queue=settings.queue_for(model),
-            policy_name=lp.name,
-            policy_sha256=lp.sha256,
             params=params,
             samples_per_prompt=data.samples_per_prompt,
-            total=total,
         )
-        record = PolicyRecord(
-            sha256=lp.sha256, name=lp.name, version=lp.policy.version, content=lp.path.read_text("utf-8")
-        )
-        from workers.audit import audit_store
-
-        await asyncio.to_thread(audit_store(settings).create_run, run, record)
+        total = run.total
         await asyncio.to_thread(app.send, "assay.audit.start", [run.id], run.queue)
         return Response(
             {"id": run.id, "status": QUEUED, "total": total, "links": audit_links(run.id)},
@@ -157,8 +150,11 @@ class AuditController(Controller):
         run = await self._run(app, run_id)
         if run.status in TERMINAL:
             return {"id": run_id, "status": run.status, "resent": 0}
+        from workers.audit import audit_store
+
+        done = await asyncio.to_thread(audit_store(app.worker_settings).count_results, run_id)
         await asyncio.to_thread(app.send, "assay.audit.start", [run_id], run.queue)
-        return {"id": run_id, "status": run.status, "resent": "pending items"}
+        return {"id": run_id, "status": run.status, "resent": max(0, run.total - done)}
 
     @get("/{run_id:str}/report", summary="The run's report as JSON, HTML or JUnit XML")
     async def report(

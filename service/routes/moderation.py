@@ -11,6 +11,7 @@ from litestar.params import Parameter
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.engine import Decision
+from evaluators.errors import PayloadTooLarge
 from evaluators.policy import LoadedPolicy
 from service.state import AppState, ModerationItem
 
@@ -87,8 +88,6 @@ class ModerationController(Controller):
         started = time.perf_counter()
         app: AppState = state.assay
         if len(data.texts) > app.settings.max_batch_items:
-            from evaluators.errors import PayloadTooLarge
-
             raise PayloadTooLarge(
                 f"{len(data.texts)} texts sent; at most {app.settings.max_batch_items} per call",
                 limit=app.settings.max_batch_items,
