@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -108,6 +109,97 @@ class FairnessPolicy(Strict):
     bootstrap: int = Field(default=1000, ge=100, le=20_000, description="Bootstrap resamples for intervals.")
 
 
+class OperatingPoint(Strict):
+    """Precision and recall of one threshold on the labelled examples, with 95% Wilson intervals."""
+
+    threshold: float = Field(ge=0.0, le=1.0, description="The threshold these figures were measured at.")
+    selected: int = Field(ge=0, description="Examples scoring at or above the threshold.")
+    true_positives: int = Field(ge=0, description="Selected examples labelled 1.")
+    precision: float | None = Field(
+        ge=0.0, le=1.0, description="true_positives / selected; null when nothing was selected."
+    )
+    precision_ci: tuple[float, float] | None = Field(
+        description="95% Wilson interval of the precision; null when nothing was selected."
+    )
+    recall: float = Field(ge=0.0, le=1.0, description="true_positives / positives.")
+    recall_ci: tuple[float, float] = Field(description="95% Wilson interval of the recall.")
+
+
+class HeldOut(Strict):
+    """Cross-validated figures: thresholds fitted on k-1 folds, measured on the fold left out, pooled."""
+
+    folds: int = Field(ge=2, description="Number of stratified folds.")
+    precision: float | None = Field(
+        ge=0.0, le=1.0, description="Pooled held-out precision; null when no fold selected anything."
+    )
+    precision_ci: tuple[float, float] | None = Field(description="95% Wilson interval of the precision.")
+    recall: float = Field(ge=0.0, le=1.0, description="Pooled held-out recall.")
+    recall_ci: tuple[float, float] = Field(description="95% Wilson interval of the recall.")
+
+
+class ScoreScaling(Strict):
+    """Whether a monotone rescaling of the scores would make them better probabilities (report only).
+
+    A monotone map does not change which texts a threshold selects, so findings keep the raw scores.
+    """
+
+    brier: dict[Literal["raw", "platt", "isotonic"], float] = Field(
+        description="Held-out Brier score per method (lower is better)."
+    )
+    log_loss: dict[Literal["raw", "platt", "isotonic"], float] = Field(
+        description="Held-out log-loss per method (lower is better)."
+    )
+    best: Literal["raw", "platt", "isotonic"] = Field(description="The method with the lowest Brier score.")
+
+
+class CalibratedThreshold(Strict):
+    """One threshold fitted by `assay calibrate` and the operating point it reached."""
+
+    field: str = Field(
+        min_length=1,
+        description="Dotted path of the threshold in this policy, e.g. output.1.profanity.threshold.",
+    )
+    stage: Literal["input", "output"] = Field(description="The stage whose check was calibrated.")
+    check: str = Field(min_length=1, description="Check name of the findings fitted.")
+    label: str = Field(min_length=1, description="Label of the findings fitted.")
+    engine: str = Field(min_length=1, description="Engine that produced the scores fitted.")
+    n: int = Field(ge=1, description="Labelled examples used.")
+    positives: int = Field(ge=0, description="Examples labelled 1.")
+    reached: bool = Field(
+        description="Whether the target was met; when not, the previous threshold was kept."
+    )
+    before: OperatingPoint = Field(description="The previous threshold on these examples.")
+    after: OperatingPoint = Field(description="The fitted threshold on these examples (in-sample).")
+    held_out: HeldOut | None = Field(
+        default=None,
+        description="Cross-validated estimate of the fitting procedure; null when too few examples.",
+    )
+    scaling: ScoreScaling | None = Field(
+        default=None,
+        description="Held-out comparison of raw, Platt and isotonic scores; null when not measured.",
+    )
+
+
+class Calibration(Strict):
+    """How `assay calibrate` derived this policy version's thresholds from labelled examples."""
+
+    target: str = Field(
+        pattern=r"^(precision>=|recall>=|fbeta=)[0-9.e+-]+$|^f1$",
+        description="The target the thresholds were fitted to: precision>=P, recall>=R, f1 or fbeta=B.",
+    )
+    data: str = Field(min_length=1, description="File name of the labelled CSV.")
+    data_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the labelled CSV's bytes.")
+    rows: int = Field(ge=1, description="Rows in the labelled CSV.")
+    created: datetime = Field(description="When the calibration ran (UTC).")
+    based_on_version: str = Field(min_length=1, description="Version of the policy that was calibrated.")
+    based_on_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of the policy file that was calibrated."
+    )
+    thresholds: tuple[CalibratedThreshold, ...] = Field(
+        min_length=1, description="One entry per fitted threshold."
+    )
+
+
 class Policy(Strict):
     """A guardrail policy: which checks run on inputs and outputs, and what they do."""
 
@@ -140,6 +232,14 @@ class Policy(Strict):
             "'pii.leak_rate == 0', 'fairness.max_gap <= 0.05'. A metric the run did not measure fails."
         ),
     )
+    calibration: Calibration | None = Field(
+        default=None,
+        description=(
+            "Written by `assay calibrate`: the labelled data, target and operating point of each fitted "
+            "threshold. Each recorded threshold must match the policy's, so a hand edit that makes the "
+            "record stale is an error."
+        ),
+    )
 
     @field_validator("input", "output")
     @classmethod
@@ -151,11 +251,36 @@ class Policy(Strict):
             seen.add(c.check)
         return checks
 
+    @model_validator(mode="after")
+    def _calibration_matches(self) -> Policy:
+        for i, t in enumerate(self.calibration.thresholds if self.calibration else ()):
+            value = _at_path(self, t.field)
+            if value != t.after.threshold:
+                raise ValueError(
+                    f"calibration.thresholds.{i}: {t.field} is {value!r} but the calibration recorded "
+                    f"{t.after.threshold}; run `assay calibrate` again or remove the calibration block"
+                )
+        return self
+
     def checks(self, stage: Literal["input", "output"]) -> tuple[Any, ...]:
         return tuple(c for c in getattr(self, stage) if c.enabled)
 
     def parsed_gates(self) -> tuple[Gate, ...]:
         return tuple(parse_gate(g) for g in self.gates)
+
+
+def _at_path(node: Any, dotted: str) -> Any:
+    """The value at a dotted path (``output.1.profanity.threshold``) in a policy, or None."""
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, tuple):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        else:
+            node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
 
 
 @dataclass(frozen=True)
