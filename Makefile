@@ -9,7 +9,7 @@ STAMP := $(VENV)/.assay-installed
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test setup lint typecheck check bench clean
+.PHONY: run test setup build-models lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ $(MODELS_STAMP): $(STAMP)
 	$(BIN)/assay models prepare
 	@touch $(MODELS_STAMP)
 
-setup: $(STAMP) $(MODELS_STAMP)
+# The default checks' models (abuse classifier, entailment model), trained from data/.
+# Always run: it is a hash check of seconds when ~/.cache/assay already has the build
+# for this data, code and configuration, and a training run (minutes) when it has not.
+build-models: $(STAMP)
+	$(BIN)/assay models build
+
+setup: $(STAMP) $(MODELS_STAMP) build-models
 
 run: setup
 	$(BIN)/assay serve

@@ -94,6 +94,12 @@ COPY suites /app/suites
 WORKDIR /app
 USER 10001:10001
 
+# The default checks' models (abuse classifier, entailment model), trained from the
+# carried data at image build time (minutes on a CPU, then a cached layer): nothing
+# trains or downloads at run time. The build cache lives beside the models.
+COPY data /app/data
+RUN ASSAY_CACHE_DIR=/models/.build-cache assay models build
+
 # Convert the SmolLM2 GGUF into the safetensors cache in $ASSAY_MODEL_DIR at
 # build time (on the CPU; no GPU is needed or present during the build), so a
 # worker starts in about a second and never downloads or converts at run time.

@@ -72,6 +72,10 @@ class EvaluatorSettings:
     torch_threads: int = 0
     """Intra-op threads for torch on CPU; 0 keeps torch's default (ASSAY_TORCH_THREADS)."""
 
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "assay"
+    """Build cache shared by every checkout on this machine: trained default models live here,
+    keyed by a hash of their data, code and configuration (ASSAY_CACHE_DIR)."""
+
 
 @lru_cache(maxsize=1)
 def evaluator_settings() -> EvaluatorSettings:

@@ -96,6 +96,29 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_build(args: argparse.Namespace) -> int:
+    """Build (or reuse from the cache) the default models the shipped policies use."""
+    import time
+
+    from evaluators.build import build, built_path, recipes
+
+    if args.list:
+        for name, recipe in recipes().items():
+            entry = built_path(name)
+            print(f"{name}\t{'built' if entry else 'not built'}\t{entry or ''}\t{recipe.description}")
+        return 0
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    results = build(args.names or None, force=args.force, progress=progress)
+    for r in results:
+        state = "cached" if r.cached else f"built in {r.seconds:.0f} s"
+        print(f"ok: {r.name} -> {r.path} ({state})")
+    return 0
+
+
 def _cmd_audit_run(args: argparse.Namespace) -> int:
     from service.audit_cli import cmd_audit_run
 
@@ -106,6 +129,40 @@ def _cmd_audit_report(args: argparse.Namespace) -> int:
     from service.audit_cli import cmd_audit_report
 
     return cmd_audit_report(args)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit thresholds on labelled examples; write a new policy version. Exit 1 when a target is missed."""
+    from evaluators import calibration
+    from evaluators.policy import PolicyStore, load_policy_dir, load_policy_file
+
+    target = calibration.parse_target(args.target)
+    path = Path(args.policy)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        loaded = load_policy_file(path)
+    else:
+        from service.settings import service_settings
+
+        loaded = PolicyStore(load_policy_dir(service_settings().policy_dir)).get(args.policy)
+    data = calibration.read_labelled_csv(Path(args.data))
+    out = Path(args.out) if args.out else calibration.default_output(loaded.path)
+    result = calibration.calibrate(
+        loaded,
+        data,
+        target,
+        min_per_class=args.min_per_class,
+        folds=args.folds,
+        seed=args.seed,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
+    written = calibration.write_calibrated(result, out, version=args.version, overwrite=args.force)
+    print(calibration.format_table(result))
+    print(
+        f"wrote {out} (policy {written.name} {written.policy.version}, sha256 {written.sha256[:12]}); "
+        f"it validates. Deploy it in place of {loaded.path}: one policy folder cannot hold two "
+        f"policies named {written.name!r}."
+    )
+    return 0 if result.reached else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("models", nargs="*", default=["smollm2"], help="model ids (default: smollm2)")
     prepare.add_argument("--cache-dir", default=None, help="cache folder (default ASSAY_MODEL_DIR)")
     prepare.set_defaults(func=_cmd_models_prepare)
+    build_cmd = models.add_parser(
+        "build",
+        help="build the default models (abuse classifier, entailment model) from the carried data; "
+        "cached by a hash of data, code and configuration",
+    )
+    build_cmd.add_argument("names", nargs="*", help="models to build (default: all)")
+    build_cmd.add_argument("--force", action="store_true", help="rebuild even when a cached build exists")
+    build_cmd.add_argument(
+        "--list", action="store_true", help="list the default models and whether they are built"
+    )
+    build_cmd.set_defaults(func=_cmd_models_build)
 
     audit = sub.add_parser("audit", help="pre-release audit runs").add_subparsers(
         dest="audit_command", required=True
@@ -166,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--server", default=None, help="API URL; without it the local store is read")
     report.add_argument("--out", default="reports", help="folder for the report files")
     report.set_defaults(func=_cmd_audit_report)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit a policy's thresholds on labelled examples and write a new policy version",
+        description=(
+            "DATA is a CSV with a text column, an optional stage column (input/output, default output) "
+            "and 0/1 columns named check.label (e.g. toxicity.toxicity, pii.PERSON). Exits 1 when a "
+            "target cannot be reached (that threshold is kept), 2 on bad input."
+        ),
+    )
+    calibrate.add_argument("--policy", required=True, help="policy name (in ASSAY_POLICY_DIR) or YAML file")
+    calibrate.add_argument("--data", required=True, help="labelled CSV")
+    calibrate.add_argument(
+        "--target", required=True, help="precision=P, recall=R, f1 or fbeta=B (e.g. precision=0.9)"
+    )
+    calibrate.add_argument(
+        "--out", default=None, help="new policy file (default: NAME-calibrated.yaml beside it)"
+    )
+    calibrate.add_argument("--version", default=None, help="new version (default: VERSION+cal1, +cal2...)")
+    calibrate.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    calibrate.add_argument(
+        "--min-per-class",
+        type=int,
+        default=5,
+        help="fewest positives and negatives to fit a label (default 5)",
+    )
+    calibrate.add_argument("--folds", type=int, default=5, help="cross-validation folds for held-out figures")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    calibrate.set_defaults(func=_cmd_calibrate)
     return parser
 
 

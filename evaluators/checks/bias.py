@@ -47,6 +47,8 @@ from evaluators.settings import PROJECT_ROOT
 
 DEFAULT_LEXICON = "policies/lexicon/identity_terms.yaml"
 IDENTITY_LABEL = "identity_attack"
+# Classifier labels that score attacks on groups, preferred in this order.
+GROUP_LABELS: tuple[str, ...] = ("hate", IDENTITY_LABEL)
 
 Terms = dict[str, dict[str, list[str]]]
 
@@ -78,8 +80,8 @@ class BiasConfig(CheckConfigBase):
         default=None,
         description=(
             "The toxicity models the scorer runs, as in a toxicity check (`check: toxicity` may be "
-            "left out). Null: the alt-profanity-check tier. A detoxify tier scoring identity_attack "
-            "gives the identity-attack sub-check its own label."
+            "left out). Null: the alt-profanity-check tier. A detoxify tier scoring hate or "
+            "identity_attack gives the identity-attack sub-check its own label."
         ),
     )
     identity_attack_threshold: float = Field(
@@ -326,11 +328,11 @@ class ToxicityScorer:
     def load(self) -> None:
         self.check.load()
         classifiers = [e for e in self.check.engines if e != PROFANITY_ENGINE]
-        labels = self.check.config.labels
+        labels = self.check.labels
         if classifiers:
             self._engine = classifiers[0]
             self.label = next(
-                (lbl for lbl in (IDENTITY_LABEL, "toxicity") if lbl in labels), next(iter(labels))
+                (lbl for lbl in (*GROUP_LABELS, "toxicity") if lbl in labels), next(iter(labels))
             )
         else:
             self._engine = PROFANITY_ENGINE
@@ -434,9 +436,9 @@ class BiasCheck(CheckBase):
                 }
             )
         names_group = any(not m.term.swap_only for m in mentions)
-        # Only Detoxify's identity_attack label knows about groups; any other score
-        # counts as an identity attack only when the text names a group.
-        gated = self.scorer.label != IDENTITY_LABEL
+        # Only a group-aware label (abuse-minilm's hate, Detoxify's identity_attack) knows about
+        # groups; any other score counts as an identity attack only when the text names a group.
+        gated = self.scorer.label not in GROUP_LABELS
         attack = Finding(
             check=self.name,
             label="identity_attack",

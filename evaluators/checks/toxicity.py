@@ -28,10 +28,25 @@ from evaluators.findings import Action, Finding
 from evaluators.models import shared_model
 from evaluators.settings import PROJECT_ROOT, evaluator_settings, resolve_device
 
-ToxicityLabel = Literal["toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack"]
+# Assay's abuse labels (the default abuse-minilm checkpoint) and Detoxify's Jigsaw labels.
+ToxicityLabel = Literal[
+    "toxicity",
+    "hate",
+    "insult",
+    "threat",
+    "sexual",
+    "profanity",
+    "severe_toxicity",
+    "obscene",
+    "identity_attack",
+]
 
 PROFANITY_ENGINE = "alt-profanity-check"
-TRAIN_COMMAND = "assay models train-toxicity --data train.csv --out .cache/models/toxicity-minilm"
+DEFAULT_CHECKPOINT = "abuse-minilm"
+TRAIN_COMMAND = (
+    "assay models build (for the default abuse-minilm checkpoint), or "
+    "assay models train-toxicity --data train.csv --out .cache/models/toxicity-minilm (for your own data)"
+)
 
 # Detoxify's published checkpoints and the Hugging Face base each one needs
 # (detoxify.detoxify.MODEL_URLS holds the download addresses).
@@ -47,7 +62,21 @@ CHECKPOINT_FILE = "model.ckpt"
 _TOKENIZER_VOCAB = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
 
 
-def _default_labels() -> dict[ToxicityLabel, LabelRule]:
+def abuse_default_labels() -> dict[ToxicityLabel, LabelRule]:
+    """Rules for Assay's abuse labels when a policy names none: block hate and threats, flag
+    insults and sexual content, report profanity and overall toxicity without acting on them."""
+    return {
+        "hate": LabelRule(threshold=0.5, action=Action.BLOCK),
+        "threat": LabelRule(threshold=0.5, action=Action.BLOCK),
+        "insult": LabelRule(threshold=0.5, action=Action.FLAG),
+        "sexual": LabelRule(threshold=0.5, action=Action.FLAG),
+        "profanity": LabelRule(threshold=0.5, action=Action.ALLOW),
+        "toxicity": LabelRule(threshold=0.5, action=Action.ALLOW),
+    }
+
+
+def jigsaw_default_labels() -> dict[ToxicityLabel, LabelRule]:
+    """Rules for Detoxify's Jigsaw labels when a policy names none."""
     return {
         "toxicity": LabelRule(threshold=0.8, action=Action.FLAG),
         "severe_toxicity": LabelRule(threshold=0.5, action=Action.BLOCK),
@@ -111,9 +140,14 @@ class ToxicityConfig(CheckConfigBase):
     detoxify: DetoxifyTier | None = Field(
         default=None, description="The classifier tier; null (the default) to leave it off."
     )
-    labels: dict[ToxicityLabel, LabelRule] = Field(
-        default_factory=_default_labels,
-        description="Threshold and action per Detoxify label; labels left out are not reported.",
+    labels: dict[ToxicityLabel, LabelRule] | None = Field(
+        default=None,
+        description=(
+            "Threshold and action per classifier label; labels left out are not reported. Null "
+            "(the default) takes every label the checkpoint scores with built-in rules: for "
+            "Assay's abuse labels, hate and threat block, insult and sexual flag, profanity and "
+            "toxicity are reported only."
+        ),
     )
     escalate_above: float | None = Field(
         default=None,
@@ -135,7 +169,7 @@ class ToxicityConfig(CheckConfigBase):
             raise ValueError(
                 "profanity.action: redact is not valid for toxicity (it finds no spans); use flag or block"
             )
-        bad = sorted(name for name, rule in self.labels.items() if rule.action is Action.REDACT)
+        bad = sorted(name for name, rule in (self.labels or {}).items() if rule.action is Action.REDACT)
         if bad:
             raise ValueError(
                 f"labels {', '.join(bad)}: redact is not valid for toxicity (it finds no spans); "
@@ -146,7 +180,7 @@ class ToxicityConfig(CheckConfigBase):
                 raise ValueError("escalate_above needs the profanity tier enabled")
             if self.detoxify is None:
                 raise ValueError("escalate_above needs a detoxify tier to escalate to")
-        if self.detoxify is not None and not self.labels:
+        if self.detoxify is not None and self.labels is not None and not self.labels:
             raise ValueError("labels must name at least one label for the detoxify tier")
         return self
 
@@ -323,6 +357,7 @@ class ToxicityCheck(CheckBase):
         super().__init__(config)
         self._profanity: Callable[[list[str]], Any] | None = None
         self._classifier: _Classifier | None = None
+        self._labels: dict[str, LabelRule] = {}
 
     def _load(self) -> None:
         cfg = self.config
@@ -337,7 +372,13 @@ class ToxicityCheck(CheckBase):
         precision = "int8" if tier.quantize_int8 and device == "cpu" else "fp32"
         key = f"detoxify:{where}:{device}:{precision}"
         classifier = shared_model(key, lambda: _load_classifier(tier, folder, device))
-        unknown = [label for label in cfg.labels if label not in classifier.detox.class_names]
+        scored = classifier.detox.class_names
+        if cfg.labels is None:
+            defaults = abuse_default_labels() if "hate" in scored else jigsaw_default_labels()
+            self._labels = {label: rule for label, rule in defaults.items() if label in scored}
+        else:
+            self._labels = {str(label): rule for label, rule in cfg.labels.items()}
+        unknown = [label for label in self._labels if label not in scored]
         if unknown:
             raise ModelMissingError(
                 f"checkpoint {tier.checkpoint!r} does not score {', '.join(unknown)} "
@@ -345,6 +386,12 @@ class ToxicityCheck(CheckBase):
                 field="labels",
             )
         self._classifier = classifier
+
+    @property
+    def labels(self) -> dict[str, LabelRule]:
+        """The classifier labels this check reports and their rules, once loaded."""
+        self._ensure_loaded()
+        return dict(self._labels)
 
     @property
     def engines(self) -> list[str]:
@@ -391,7 +438,7 @@ class ToxicityCheck(CheckBase):
             scores = self._classify([texts[i] for i in chosen])
             classes = self._classifier.detox.class_names
             for i, row in zip(chosen, scores, strict=True):
-                for label, rule in cfg.labels.items():
+                for label, rule in self._labels.items():
                     score = row[classes.index(label)]
                     results[i].append(
                         Finding(

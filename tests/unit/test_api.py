@@ -29,13 +29,32 @@ def test_pii_is_redacted_with_types(api_client: Any) -> None:
         assert set(f) >= {"check", "label", "score", "threshold", "action", "span", "engine"}
 
 
-def test_insult_with_threat_is_flagged_naming_the_engine(api_client: Any) -> None:
+def test_insult_with_threat_is_blocked_by_the_trained_classifier(api_client: Any) -> None:
     r = _post(api_client, "/v1/moderate", {"text": "You are a stupid idiot and I will kill you"})
     body = r.json()
-    assert body["action"] in {"flag", "block"}, body
-    tox = [f for f in body["findings"] if f["check"] == "toxicity"]
-    assert tox and all(f["engine"] for f in tox)
-    assert body["engines"]["toxicity.toxicity"] == "alt-profanity-check"
+    # The default policy runs the built abuse-minilm checkpoint: threats block, insults flag.
+    assert body["action"] == "block", body
+    assert body["text"] is None
+    tox = {f["label"]: f for f in body["findings"] if f["check"] == "toxicity"}
+    assert tox["threat"]["triggered"] and tox["threat"]["action"] == "block", tox
+    assert body["engines"]["toxicity.threat"] == "detoxify:abuse-minilm"
+    assert set(body["scores"]) >= {f"toxicity.{label}" for label in ("hate", "insult", "threat", "profanity")}
+
+
+def test_bare_profanity_passes_with_its_score(api_client: Any) -> None:
+    body = _post(api_client, "/v1/moderate", {"text": "Damn, this fucking printer jammed again."}).json()
+    assert body["action"] == "allow", body
+    assert body["scores"]["toxicity.profanity"] >= 0.5  # reported, not acted on
+    assert body["scores"]["toxicity.hate"] < 0.5
+
+
+def test_hate_against_a_group_is_blocked(api_client: Any) -> None:
+    body = _post(
+        api_client, "/v1/moderate", {"text": "Immigrants are vermin and should be wiped out."}
+    ).json()
+    assert body["action"] == "block", body
+    hate = [f for f in body["findings"] if f["label"] == "hate"]
+    assert hate and hate[0]["triggered"] and hate[0]["action"] == "block"
 
 
 def test_kind_text_is_allowed(api_client: Any) -> None:

@@ -98,7 +98,7 @@ def test_policy_is_frozen() -> None:
 
 def test_store_unknown_policy() -> None:
     store = PolicyStore(load_policy_dir(ROOT / "policies"))
-    with pytest.raises(PolicyNotFound, match="known: default, grounded, strict"):
+    with pytest.raises(PolicyNotFound, match="known: consistency, default, grounded, strict"):
         store.get("nope")
 
 

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from evaluators import models
 from evaluators.checks.base import CheckInput
-from evaluators.checks.toxicity import PROFANITY_ENGINE, ToxicityCheck, ToxicityConfig
+from evaluators.checks.toxicity import (
+    PROFANITY_ENGINE,
+    ToxicityCheck,
+    ToxicityConfig,
+    abuse_default_labels,
+    jigsaw_default_labels,
+)
 from evaluators.findings import Action, Finding
 from evaluators.normalize import normalize
 from evaluators.training import JIGSAW_CLASSES, train_toxicity
@@ -162,11 +168,14 @@ def test_config_defaults_and_frozen() -> None:
     assert cfg.profanity.threshold == 0.8
     assert cfg.detoxify is None
     assert cfg.escalate_above is None
-    assert cfg.labels["severe_toxicity"].action is Action.BLOCK
-    assert cfg.labels["threat"].threshold == 0.5
-    assert set(cfg.labels) == {
-        "toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
-    }  # fmt: skip
+    # Null labels: the checkpoint's own label set decides the built-in rules at load time.
+    assert cfg.labels is None
+    abuse = abuse_default_labels()
+    assert abuse["hate"].action is Action.BLOCK and abuse["threat"].action is Action.BLOCK
+    assert abuse["insult"].action is Action.FLAG
+    assert abuse["profanity"].action is Action.ALLOW
+    assert set(abuse) == {"toxicity", "hate", "insult", "threat", "sexual", "profanity"}
+    assert jigsaw_default_labels()["severe_toxicity"].action is Action.BLOCK
     with pytest.raises(ValidationError):
         cfg.escalate_above = 0.3
     with pytest.raises(ValidationError):
