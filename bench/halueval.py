@@ -19,7 +19,7 @@ ROC AUC of two per-row scores (the max claim score, which is ``overall``,
 and the share of unsupported claims) and the best F1 over thresholds of the
 max score, which is tuned on the same rows and so optimistic.
 
-Run: ``.venv/bin/python bench/halueval.py [--rows 400] [--seed 0] [--threads 1]``
+Run: ``.venv/bin/python bench/halueval.py [--rows 400] [--seed 0] [--threads 1] [--engine nli]``
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch CPU threads; 0 keeps torch's default (1 beats 2 when the cores are shared)",
     )  # fmt: skip
     parser.add_argument("--data", type=Path, default=DATA, help="general_data.json")
+    parser.add_argument(
+        "--engine", choices=["similarity", "nli"], default="similarity",
+        help="check engine; nli reads the nli-minilm model that `assay models build` makes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads > 0:
         import torch
@@ -100,9 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = read_rows(args.data)
     if 0 < args.rows < len(rows):
         rows = random.Random(args.seed).sample(rows, args.rows)
-    check = HallucinationCheck(
-        HallucinationConfig(check="hallucination", threshold=args.threshold, device="cpu")
-    )
+    fields = {"check": "hallucination", "threshold": args.threshold, "device": "cpu", "engine": args.engine}
+    if args.engine == "nli":
+        fields["nli_model"] = "nli-minilm"
+    check = HallucinationCheck(HallucinationConfig.model_validate(fields))
     started = time.perf_counter()
     check.load()
     loaded = time.perf_counter()

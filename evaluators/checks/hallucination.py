@@ -15,10 +15,17 @@ Two engines score a claim against evidence:
   about the same thing, not whether it agrees: a claim that contradicts the
   context in the context's own words ("30 days of vacation" against "1.5 days
   per month") scores as supported. Use ``nli`` where that matters.
-* ``nli``: a local sequence-classification model with an entailment label;
-  the score is ``1 - P(entailment)`` with an evidence sentence as premise and
-  the claim as hypothesis, over the ``top_k`` evidence sentences MiniLM ranks
-  highest (the best one counts).
+* ``nli``: a local sequence-classification model with an entailment label
+  (by default ``nli-minilm``, the MiniLM cross-encoder ``assay models build``
+  trains). The evidence documents are cut into windows of whole sentences
+  that fit the encoder (``chunk_tokens``, consecutive windows overlapping by
+  half); similarity is the cheap pre-filter that picks, per claim, the
+  ``top_k`` windows holding the most similar sentences, plus one window made
+  of the most similar sentences wherever they stand (for claims that join
+  facts from far apart). The NLI model reads each as premise with the claim
+  as hypothesis; the claim's score is ``1 - the best P(entailment)``. In
+  self-consistency mode each sample is a document of its own and the best
+  entailment is averaged over samples (SelfCheckGPT-NLI).
 
 A text with nothing to check against (no context in grounded mode, no
 samples in self-consistency mode) raises ``CheckFailed``, so the policy's
@@ -27,8 +34,11 @@ samples in self-consistency mode) raises ``CheckFailed``, so the policy's
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +46,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from evaluators.build import BUILD_COMMAND, recipes
 from evaluators.checks.base import CheckBase, CheckInput
 from evaluators.checks.config import CheckConfigBase
 from evaluators.embeddings import SentenceEncoder, sentence_encoder, split_sentences
@@ -121,7 +132,41 @@ class HallucinationConfig(CheckConfigBase):
         default=3,
         ge=1,
         le=50,
-        description="nli only: evidence sentences per claim (most similar by MiniLM) the NLI model reads.",
+        description=(
+            "nli only: evidence windows per claim (those holding the sentences MiniLM finds most "
+            "similar) the NLI model reads, per document or sample; the best entailment counts."
+        ),
+    )
+    min_similarity: float = Field(
+        default=0.3,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "nli only: the similarity pre-filter. Windows whose most similar sentence is below this "
+            "MiniLM cosine are not read by the NLI model (the closest window always is)."
+        ),
+    )
+    chunk_tokens: int = Field(
+        default=128,
+        ge=16,
+        le=480,
+        description=(
+            "nli only: word pieces per evidence window. Documents are cut into windows of whole "
+            "sentences up to this size, each overlapping the previous one by half."
+        ),
+    )
+    max_length: int = Field(
+        default=256,
+        ge=32,
+        le=512,
+        description="nli only: word pieces of (window, claim) the NLI model reads; the window is truncated.",
+    )
+    quantize_int8: bool | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "nli only: dynamic int8 quantization of the NLI model's Linear layers (CPU only). auto: "
+            "as its build measured (on when int8 kept held-out AUC within 0.005 of fp32)."
+        ),
     )
     device: str = Field(
         default="auto",
@@ -148,7 +193,12 @@ class _Nli:
     entailment: int
     engine: str
     max_length: int
+    precision: str = "fp32"
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# What a trained NLI folder says about itself (written by evaluators.nli_training).
+NLI_METADATA = "assay-model.json"
 
 
 def _nli_missing(detail: str) -> ModelMissingError:
@@ -162,13 +212,29 @@ def resolve_nli_folder(value: str) -> Path:
     for candidate in tried:
         if (candidate / "config.json").is_file():
             return candidate.resolve()
+    hint = (
+        f"run `{BUILD_COMMAND}` to build it"
+        if value in recipes()
+        else "put a transformers sequence-classification model with an entailment label there"
+    )
     raise _nli_missing(
         f"NLI model folder {value!r} not found or lacks config.json (tried {', '.join(map(str, tried))}); "
-        "put a transformers sequence-classification model with an entailment label there"
+        + hint
     )
 
 
-def _load_nli(folder: Path, device: str) -> _Nli:
+def int8_recommended(folder: Path) -> bool:
+    """Whether the model's build found int8 close enough to fp32 (``quantize_int8: auto``)."""
+    try:
+        meta = json.loads((folder / NLI_METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(meta, dict) and meta.get("int8", {}).get("recommended"))
+
+
+def _load_nli(
+    folder: Path, device: str, *, int8: bool = False, max_length: int = 512, name: str | None = None
+) -> _Nli:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -184,15 +250,46 @@ def _load_nli(folder: Path, device: str) -> _Nli:
             f"NLI model in {folder} needs exactly one entailment label in config.id2label "
             f"(it has {sorted(labels.values())})"
         )
+    precision = "fp32"
+    if int8 and device == "cpu":
+        import torch
+
+        with warnings.catch_warnings():
+            # torch.ao eager quantization is deprecated in favour of torchao, not installed here.
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        precision = "int8"
     limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
     return _Nli(
         model=model,
         tokenizer=tokenizer,
         device=device,
         entailment=entail[0],
-        engine=f"nli:{folder.name}",
-        max_length=min(limit, 512),
+        engine=f"nli:{name or folder.name}",
+        max_length=min(limit, max_length, 512),
+        precision=precision,
     )
+
+
+def sentence_windows(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Windows ``[start, end)`` over sentences of ``lengths`` word pieces, each at most ``budget``.
+
+    A window takes whole consecutive sentences (one over-long sentence is a window of its own,
+    which the tokenizer truncates); the next starts half-way through it, so a fact that a window
+    edge cuts is whole in the next window.
+    """
+    out: list[tuple[int, int]] = []
+    start, n = 0, len(lengths)
+    while start < n:
+        end, total = start + 1, lengths[start]
+        while end < n and total + lengths[end] <= budget:
+            total += lengths[end]
+            end += 1
+        out.append((start, end))
+        if end >= n:
+            break
+        start = max(start + 1, (start + end) // 2)
+    return out
 
 
 @dataclass(frozen=True)
@@ -213,6 +310,19 @@ class _Sentence:
     """The sentence as it stands in the document or sample, for ``detail.evidence``."""
     group: int
     """Which document (grounded) or sample (self-consistency) it comes from."""
+    start: int = 0
+    end: int = 0
+    """Offsets of ``shown`` in its document."""
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """An NLI premise: sentences (indices into the item's evidence) joined in document order."""
+
+    members: tuple[int, ...]
+    encode: str
+    shown: str
+    group: int
 
 
 @dataclass
@@ -228,8 +338,24 @@ def _sentences(doc: str, group: int) -> list[_Sentence]:
     out = []
     for start, end in split_sentences(norm.text):
         o_start, o_end = norm.to_original(start, end)
-        out.append(_Sentence(encode=norm.text[start:end], shown=doc[o_start:o_end], group=group))
+        out.append(
+            _Sentence(
+                encode=norm.text[start:end], shown=doc[o_start:o_end], group=group, start=o_start, end=o_end
+            )
+        )
     return out
+
+
+def _chunk(ev: Sequence[_Sentence], members: Sequence[int], docs: Sequence[str]) -> _Chunk:
+    members = sorted(members)
+    first = ev[members[0]]
+    contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
+    same_doc = all(ev[i].group == first.group for i in members)
+    if contiguous and same_doc:
+        shown = docs[first.group][first.start : ev[members[-1]].end]
+    else:  # sentences from far apart: show them as the model reads them, side by side
+        shown = " … ".join(ev[i].shown for i in members)
+    return _Chunk(tuple(members), " ".join(ev[i].encode for i in members), shown, first.group)
 
 
 class HallucinationCheck(CheckBase):
@@ -250,7 +376,14 @@ class HallucinationCheck(CheckBase):
             assert cfg.nli_model is not None  # the config validator guarantees it
             folder = resolve_nli_folder(cfg.nli_model)
             device = resolve_device(evaluator_settings().device if cfg.device == "auto" else cfg.device)
-            self._nli = shared_model(f"nli:{folder}:{device}", lambda: _load_nli(folder, device))
+            int8 = int8_recommended(folder) if cfg.quantize_int8 == "auto" else cfg.quantize_int8
+            int8 = int8 and device == "cpu"
+            # Named as the policy names it: the resolved folder of a build is its cache key.
+            name = Path(cfg.nli_model).name
+            key = f"nli:{name}:{folder}:{device}:{'int8' if int8 else 'fp32'}:{cfg.max_length}"
+            self._nli = shared_model(
+                key, lambda: _load_nli(folder, device, int8=int8, max_length=cfg.max_length, name=name)
+            )
 
     @property
     def engine(self) -> str:
@@ -266,30 +399,31 @@ class HallucinationCheck(CheckBase):
             if e - s >= self.config.min_claim_chars and any(c.isalnum() for c in text[s:e])
         ]
 
-    def _evidence(self, item: CheckInput, index: int) -> list[_Sentence]:
+    def _documents(self, item: CheckInput, index: int) -> list[str]:
+        """The evidence documents of ``item``: its context (grounded) or its samples (self-consistency)."""
         if self.config.mode == "grounded":
-            sentences = [s for g, doc in enumerate(item.context) for s in _sentences(doc, g)]
-            if not sentences:
+            docs = [doc for doc in item.context if doc.strip()]
+            if not docs:
                 raise CheckFailed(
                     f"could not evaluate: no context documents for item {index} (grounded mode "
                     "needs the request's context; nothing is reported as supported without it)",
                     engine=self.engine,
                 )
-            return sentences
+            return docs
         raw = item.extra.get("samples")
         samples = [s for s in raw if isinstance(s, str)] if isinstance(raw, list | tuple) else []
         # The generation worker's samples[0] is the answer itself: comparing it with itself
         # would support every claim.
         if samples and samples[0] == item.original:
             samples = samples[1:]
-        sentences = [s for g, sample in enumerate(samples) for s in _sentences(sample, g)]
-        if not sentences:
+        samples = [s for s in samples if s.strip()]
+        if not samples:
             raise CheckFailed(
                 f"could not evaluate: no samples for item {index} (self_consistency mode needs "
                 "extra['samples'], the extra answers the worker sampled)",
                 engine=self.engine,
             )
-        return sentences
+        return samples
 
     def evaluate(self, batch: Sequence[CheckInput]) -> list[list[Finding]]:
         self._ensure_loaded()
@@ -297,7 +431,8 @@ class HallucinationCheck(CheckBase):
         if not batch:
             return []
         claims = [self.claims(item) for item in batch]
-        evidence = [self._evidence(item, i) for i, item in enumerate(batch)]
+        documents = [self._documents(item, i) for i, item in enumerate(batch)]
+        evidence = [[s for g, doc in enumerate(docs) for s in _sentences(doc, g)] for docs in documents]
 
         # One encoder call for every claim and evidence sentence of the batch.
         texts = list(
@@ -310,26 +445,36 @@ class HallucinationCheck(CheckBase):
             raise CheckFailed(f"sentence encoding failed: {exc}", engine=SIMILARITY_ENGINE) from exc
 
         scored: list[list[_Scored]] = []
-        pairs: list[tuple[_Sentence, str]] = []
+        pairs: list[tuple[_Chunk, str]] = []
         # For nli: per item, per claim, the queued pairs as (index into pairs, evidence group).
         queued: list[list[list[tuple[int, int]]]] = []
-        for cs, ev in zip(claims, evidence, strict=True):
+        for cs, ev, docs in zip(claims, evidence, documents, strict=True):
             out: list[_Scored] = []
             item_queued: list[list[tuple[int, int]]] = []
-            if cs:
+            if cs and ev:
                 sims = vectors[[row[c.text] for c in cs]] @ vectors[[row[s.encode] for s in ev]].T
+                lengths = self._token_counts([s.encode for s in ev]) if self._nli is not None else []
+                windows = self._windows(ev, lengths) if self._nli is not None else []
                 for claim, claim_sims in zip(cs, sims.tolist(), strict=True):
                     out.append(self._similarity(claim_sims, ev))
                     if self._nli is not None:
-                        item_queued.append(self._queue_pairs(claim, claim_sims, ev, pairs))
+                        item_queued.append(
+                            self._queue_pairs(claim, claim_sims, ev, docs, windows, lengths, pairs)
+                        )
+            elif cs:  # documents without a sentence in them: nothing supports any claim
+                out = [_Scored(score=1.0, support=0.0, evidence="", entailment=None) for _ in cs]
+                item_queued = [[] for _ in cs]
             scored.append(out)
             queued.append(item_queued)
 
         if self._nli is not None:
             # One NLI pass over every pair of the batch.
-            probs = self._entailment([(s.encode, claim) for s, claim in pairs])
+            probs = self._entailment([(c.encode, claim) for c, claim in pairs])
             for out, item_queued in zip(scored, queued, strict=True):
                 for result, claim_pairs in zip(out, item_queued, strict=True):
+                    if not claim_pairs:
+                        result.entailment = 0.0
+                        continue
                     best: dict[int, int] = {}
                     for i, group in claim_pairs:
                         if group not in best or probs[i] > probs[best[group]]:
@@ -353,18 +498,67 @@ class HallucinationCheck(CheckBase):
             support = sum(per_group.values()) / len(per_group)
         return _Scored(score=similarity_to_score(support), support=support, evidence=ev[best_i].shown)
 
+    def _token_counts(self, texts: Sequence[str]) -> list[int]:
+        assert self._nli is not None
+        with self._nli.lock:
+            # Counting only: a sentence over the model's limit is fine here (it gets truncated).
+            ids = self._nli.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def _windows(self, ev: list[_Sentence], lengths: list[int]) -> list[tuple[int, ...]]:
+        """The evidence windows of an item: sentence indices, per document, in order."""
+        out: list[tuple[int, ...]] = []
+        start = 0
+        while start < len(ev):
+            end = start
+            while end < len(ev) and ev[end].group == ev[start].group:
+                end += 1
+            for a, b in sentence_windows(lengths[start:end], self.config.chunk_tokens):
+                out.append(tuple(range(start + a, start + b)))
+            start = end
+        return out
+
     def _queue_pairs(
-        self, claim: Claim, sims: list[float], ev: list[_Sentence], pairs: list[tuple[_Sentence, str]]
+        self,
+        claim: Claim,
+        sims: list[float],
+        ev: list[_Sentence],
+        docs: list[str],
+        windows: list[tuple[int, ...]],
+        lengths: list[int],
+        pairs: list[tuple[_Chunk, str]],
     ) -> list[tuple[int, int]]:
-        """Queue (premise, claim) pairs for the top_k most similar evidence sentences of each group."""
-        groups: dict[int, list[int]] = {}
-        for i, s in enumerate(ev):
-            groups.setdefault(s.group if self.config.mode == "self_consistency" else 0, []).append(i)
+        """Queue (premise, claim) pairs: per group, the top_k windows by their best sentence
+        similarity, plus the most similar sentences packed into one premise."""
+        grounded = self.config.mode == "grounded"
+        by_group: dict[int, list[tuple[int, ...]]] = {}
+        for w in windows:
+            by_group.setdefault(0 if grounded else ev[w[0]].group, []).append(w)
         out: list[tuple[int, int]] = []
-        for group, members in groups.items():
-            for i in sorted(members, key=lambda i: -sims[i])[: self.config.top_k]:
+        for group, group_windows in by_group.items():
+            ranked = sorted(group_windows, key=lambda w: -max(sims[i] for i in w))
+            # The pre-filter: windows with nothing like the claim in them are not read (an
+            # unrelated premise only adds chances of a spurious entailment); the closest always is.
+            floor = self.config.min_similarity
+            chosen = [w for w in ranked[: self.config.top_k] if max(sims[i] for i in w) >= floor] or ranked[
+                :1
+            ]
+            # The sentences most like the claim, wherever they stand, up to one window's size:
+            # a claim that joins two facts from far apart has both in one premise.
+            members = [i for w in group_windows for i in w]
+            top = [i for i in sorted(dict.fromkeys(members), key=lambda i: -sims[i]) if sims[i] >= floor]
+            packed: list[int] = []
+            total = 0
+            for i in top[: self.config.top_k * 2]:
+                if packed and total + lengths[i] > self.config.chunk_tokens:
+                    break
+                packed.append(i)
+                total += lengths[i]
+            if len(packed) > 1 and tuple(sorted(packed)) not in chosen:
+                chosen.append(tuple(sorted(packed)))
+            for w in chosen:
                 out.append((len(pairs), group))
-                pairs.append((ev[i], claim.text))
+                pairs.append((_chunk(ev, w, docs), claim.text))
         return out
 
     def _entailment(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -384,7 +578,8 @@ class HallucinationCheck(CheckBase):
                     enc = nli.tokenizer(
                         [pairs[i][0] for i in idx],
                         [pairs[i][1] for i in idx],
-                        truncation=True,
+                        # Cut the premise, never the claim.
+                        truncation="only_first",
                         max_length=nli.max_length,
                         padding=True,
                         return_tensors="pt",
