@@ -231,6 +231,7 @@ def build(
         progress(f"{name}: building ({recipe.description}); cache key {key[:16]}")
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key[:16]}.tmp-"))
+
         def step(msg: str, prefix: str = name) -> None:
             progress(f"{prefix}: {msg}")
 
