@@ -72,6 +72,10 @@ class Recipe:
 
 def recipes() -> dict[str, Recipe]:
     """The explicit registry of default models, in build order."""
+    # Imported here, not at the top: checks import this module for BUILD_COMMAND and need
+    # nothing from the trainers.
+    from evaluators.nli_training import DEFAULTS as nli_defaults
+
     regs = [
         Recipe(
             name="abuse-minilm",
@@ -100,21 +104,8 @@ def recipes() -> dict[str, Recipe]:
             data=("nli",),
             code=("evaluators.nli_training",),
             trainer="evaluators.nli_training:train_nli",
-            config={
-                "seed": 0,
-                "per_source": {"mnli": 400, "fever": 700, "begin": 3000, "wice": 850, "mctest": 250},
-                "copies": 500,
-                "swaps": 800,
-                "epochs": 1,
-                "batch_size": 16,
-                "lr": 1.5e-4,
-                "head_lr_mult": 10.0,
-                "max_length": 160,
-                "freeze_layers": 0,
-                "warm_sources": ["begin", "copy", "swap"],
-                "warm_share": 0.4,
-                "eval_rows": 400,
-            },
+            # One source of truth for the hyperparameters: the trainer's own defaults.
+            config=dict(nli_defaults),
         ),
         Recipe(
             name="ner-minilm",

@@ -335,7 +335,10 @@ def _load_classifier(tier: DetoxifyTier, folder: Path | None, device: str) -> _C
             raise _missing(
                 f"cannot load the Detoxify checkpoint in {folder}: {exc}", checkpoint=str(folder)
             ) from exc
-        engine = f"detoxify:{folder.name}"
+        # Named as the policy names it: the folder itself may be a build-cache entry
+        # (abuse-minilm links to ~/.cache/assay/models/abuse-minilm/KEY).
+        named = Path(tier.checkpoint)
+        engine = f"detoxify:{named.parent.name if named.name == CHECKPOINT_FILE else named.name}"
     detox.model.eval()
     if tier.quantize_int8 and device == "cpu":
         with warnings.catch_warnings():

@@ -82,7 +82,7 @@ def test_batch_endpoint_keeps_order(api_client: Any) -> None:
 
 def test_policies_listing_and_detail(api_client: Any) -> None:
     listing = api_client.get("/v1/policies").json()["policies"]
-    assert {p["name"] for p in listing} == {"default", "grounded", "strict"}
+    assert {p["name"] for p in listing} == {"consistency", "default", "grounded", "strict"}
     detail = api_client.get("/v1/policies/strict").json()
     assert detail["policy"]["name"] == "strict" and detail["sha256"]
 
