@@ -6,7 +6,7 @@ micro-batched endpoint with the same models (plus the profanity tier).
 Both servers run as separate uvicorn processes; a load generator sends
 ~100-character texts at 1, 8 and 32 concurrent clients.
 
-    .venv/bin/python bench/moderate.py [--checkpoint .cache/models/toxicity-minilm] [--requests 200]
+    .venv/bin/python bench/moderate.py [--checkpoint .cache/models/abuse-minilm] [--requests 200] [--int8]
 """
 
 from __future__ import annotations
@@ -161,14 +161,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default=str(ROOT / ".cache" / "models" / "toxicity-minilm"))
+    parser.add_argument("--checkpoint", default=str(ROOT / ".cache" / "models" / "abuse-minilm"))
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument(
-        "--no-int8",
-        dest="int8",
-        action="store_false",
-        help="run Assay's Detoxify tier in fp32 (default: int8)",
+        "--int8",
+        action="store_true",
+        help="run Assay's Detoxify tier in int8 (default fp32, as the shipped policies: int8 loses AUC)",
     )
     parser.add_argument("--serve-naive", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write results to this file")
@@ -182,13 +181,15 @@ def main() -> int:
 
     if not Path(args.checkpoint).is_dir():
         raise SystemExit(
-            f"no Detoxify checkpoint at {args.checkpoint}; build one with bench/train_toxicity.py "
-            "or `assay models train-toxicity`"
+            f"no Detoxify checkpoint at {args.checkpoint}; build the default one with "
+            "`assay models build abuse-minilm`"
         )
     policy_dir = Path(tempfile.mkdtemp(prefix="assay-bench-policies-"))
     entities = "\n".join(f"      {e}: {{threshold: 0.5, action: redact}}" for e in ENTITIES)
     (policy_dir / "bench.yaml").write_text(
-        f"name: default\nversion: bench\noutput:\n  - check: pii\n    entities:\n{entities}\n"
+        # ner_model: null: both sides find names with the same spaCy model, so the ratio is
+        # about serving, not engines (bench/pii_quality.py times the ner-minilm tagger).
+        f"name: default\nversion: bench\noutput:\n  - check: pii\n    ner_model: null\n    entities:\n{entities}\n"
         f"  - check: toxicity\n    detoxify: {{checkpoint: {args.checkpoint}, quantize_int8: {str(args.int8).lower()}}}\n"
     )
     env = {
