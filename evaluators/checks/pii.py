@@ -24,7 +24,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -566,14 +566,33 @@ def resolve_overlaps(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Keep one label per span: triggered first, then highest score, then longest.
 
     Triggered results rank first so that an under-threshold label can never
-    hide a triggered one on the same characters (that would leak the span).
+    hide a triggered one on the same characters (that would leak the span),
+    and a kept triggered span grows to cover every triggered span it overlaps.
     """
     ranked = sorted(candidates, key=lambda c: (not c.triggered, -c.score, -(c.end - c.start), c.start))
     kept: list[Candidate] = []
     for cand in ranked:
-        if all(cand.end <= k.start or cand.start >= k.end for k in kept):
+        hits = [i for i, k in enumerate(kept) if not (cand.end <= k.start or cand.start >= k.end)]
+        if not hits:
             kept.append(cand)
-    return sorted(kept, key=lambda c: (c.start, c.end))
+            continue
+        if cand.triggered:
+            # A triggered span that sticks out of the kept one ("Jane" kept, "Jane Doe" from a
+            # second engine) would leave its extra characters unredacted: widen the kept span.
+            for i in hits:
+                k = kept[i]
+                if k.triggered:
+                    kept[i] = replace(k, start=min(k.start, cand.start), end=max(k.end, cand.end))
+    # Widening can make two kept spans touch: merge those into the better-ranked one.
+    merged: list[Candidate] = []
+    for cand in sorted(kept, key=lambda c: (c.start, c.end)):
+        last = merged[-1] if merged else None
+        if last is not None and cand.start < last.end and cand.triggered and last.triggered:
+            better = last if (last.score, last.end - last.start) >= (cand.score, cand.end - cand.start) else cand
+            merged[-1] = replace(better, start=last.start, end=max(last.end, cand.end))
+        else:
+            merged.append(cand)
+    return merged
 
 
 def _allow_key(text: str) -> str:

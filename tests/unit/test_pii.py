@@ -439,3 +439,22 @@ def test_load_and_analyze_never_touch_the_network(network_attempts: list[str]) -
     labels = set(triggered(run(check, PII_TEXT)))
     assert labels == {"PHONE_NUMBER", "EMAIL_ADDRESS", "PERSON"}
     assert network_attempts == []
+
+
+def test_resolve_overlaps_widens_to_cover_every_triggered_span() -> None:
+    # Two engines: "Jane" at a higher score, "Jane Doe" at a lower one. Keeping only "Jane"
+    # would leak the surname.
+    kept = resolve_overlaps([_cand("PERSON", 5, 9, 0.95), _cand("PERSON", 5, 13, 0.85)])
+    assert [(c.entity, c.start, c.end) for c in kept] == [("PERSON", 5, 13)]
+    assert kept[0].score == 0.95
+    # An untriggered longer span does not widen anything.
+    kept = resolve_overlaps([_cand("PERSON", 5, 9, 0.95), _cand("PERSON", 5, 13, 0.3, fired=False)])
+    assert [(c.start, c.end) for c in kept] == [(5, 9)]
+
+
+def test_full_name_is_redacted_whole_by_the_default_engines() -> None:
+    check = make_check(entities={"PERSON": {"threshold": 0.6}, "PHONE_NUMBER": {"threshold": 0.4}})
+    text = "Saying that is bigotry. Call Jane Doe at 212-555-0199."
+    findings = run(check, text)
+    out = redact(text, findings)
+    assert "Jane" not in out and "Doe" not in out, out
