@@ -588,7 +588,8 @@ def resolve_overlaps(candidates: Sequence[Candidate]) -> list[Candidate]:
     for cand in sorted(kept, key=lambda c: (c.start, c.end)):
         last = merged[-1] if merged else None
         if last is not None and cand.start < last.end and cand.triggered and last.triggered:
-            better = last if (last.score, last.end - last.start) >= (cand.score, cand.end - cand.start) else cand
+            rank_last, rank_cand = (last.score, last.end - last.start), (cand.score, cand.end - cand.start)
+            better = last if rank_last >= rank_cand else cand
             merged[-1] = replace(better, start=last.start, end=max(last.end, cand.end))
         else:
             merged.append(cand)
