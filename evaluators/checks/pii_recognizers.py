@@ -123,6 +123,15 @@ def ZipCodeRecognizer(supported_language: str = "en") -> Any:
     )
 
 
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` without leading or trailing characters that are not letters or digits."""
+    while start < end and not text[start].isalnum():
+        start += 1
+    while end > start and not text[end - 1].isalnum():
+        end -= 1
+    return start, end
+
+
 def TitledNameRecognizer(supported_language: str = "en") -> Any:
     from presidio_analyzer import PatternRecognizer
 
@@ -227,6 +236,11 @@ def make_ner_recognizer(tagger: Any, entities: Sequence[str], language: str, con
             results = []
             for label, start, end, score in merge_adjacent(ents, ws, text):
                 if label not in wanted:
+                    continue
+                # The tagger works on words, and a word may carry punctuation ("Mr. Mayers"
+                # tags ". Mayers"): a name span starts and ends on a letter or digit.
+                start, end = trim_span(text, start, end)
+                if start >= end:
                     continue
                 results.append(
                     RecognizerResult(

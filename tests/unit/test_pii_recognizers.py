@@ -295,3 +295,12 @@ def test_trained_tagger_finds_names_and_places() -> None:
         t: max(f.score for f in fs if f.label == "PERSON") for t, fs in (("plain", plain), ("named", named))
     }
     assert score["named"] > score["plain"]
+
+
+def test_trim_span_drops_punctuation_at_the_edges() -> None:
+    from evaluators.checks.pii_recognizers import trim_span
+
+    text = "They call me Mr. Mayers."
+    assert trim_span(text, 15, 24) == (17, 23)  # ". Mayers." -> "Mayers"
+    assert trim_span(text, 17, 23) == (17, 23)
+    assert trim_span("...", 0, 3) == (3, 3)  # nothing left: the caller skips it
