@@ -68,19 +68,11 @@ from evaluators.checks.pii import (  # noqa: E402
 )
 from evaluators.findings import Finding  # noqa: E402
 from evaluators.models import shared_model  # noqa: E402
+from evaluators.ner_minilm import _TAG_MAP as _TAGS  # noqa: E402  (gold mapped as the tagger was trained)
 from evaluators.ner_minilm import merge_handles, read_conll  # noqa: E402
 from evaluators.normalize import normalize  # noqa: E402
 
 NER_TYPES = ("PERSON", "LOCATION", "ORGANIZATION")
-_TAGS = {
-    "PER": "PERSON",
-    "person": "PERSON",
-    "LOC": "LOCATION",
-    "location": "LOCATION",
-    "ORG": "ORGANIZATION",
-    "corporation": "ORGANIZATION",
-    "group": "ORGANIZATION",
-}
 Span3 = tuple[str, int, int]
 
 

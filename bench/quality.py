@@ -106,9 +106,24 @@ def _toxicity_scorers() -> dict[str, tuple[Callable[[list[str]], list[dict[str, 
     return scorers
 
 
-def _olid_test() -> list[tuple[str, tuple[int, ...]]]:
-    from data_abuse_derive import clean  # type: ignore[import-not-found]
+def _derive_clean() -> Callable[[str], str]:
+    """The Twitter clean-up of data/abuse/derive.py, so test texts look like training's.
 
+    Loaded from its path: data/abuse and data/nli each have a derive.py, so a bare
+    ``import derive`` would take whichever comes first on sys.path.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("assay_abuse_derive", DATA_DIR / "abuse" / "derive.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    clean: Callable[[str], str] = module.clean
+    return clean
+
+
+def _olid_test() -> list[tuple[str, tuple[int, ...]]]:
+    clean = _derive_clean()
     tweets = {}
     with (SHARED / "olid" / "testset-levela.tsv").open(encoding="utf-8") as fh:
         for r in csv.DictReader(fh, delimiter="\t"):
@@ -124,8 +139,7 @@ def _olid_test() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _convabuse_test() -> list[tuple[str, tuple[int, ...]]]:
-    from data_abuse_derive import clean
-
+    clean = _derive_clean()
     rows = []
     with (SHARED / "convabuse" / "ConvAbuseEMNLPtest.csv").open(encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
@@ -143,12 +157,6 @@ def _convabuse_test() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def toxicity_quality() -> dict[str, Any]:
-    # derive.py lives with the data; import its Twitter clean-up so test texts look like training's.
-    sys.path.insert(0, str(DATA_DIR / "abuse"))
-    import importlib
-
-    sys.modules.setdefault("data_abuse_derive", importlib.import_module("derive"))
-
     sets: dict[str, list[tuple[str, tuple[int, ...]]]] = {
         "corpus test split": [(e.text, e.labels) for e in load_corpus(DATA_DIR, "test")],
     }
