@@ -1,0 +1,360 @@
+"""Typed contracts between the layers: a generation job, its result, an audit item.
+
+The API builds a ``GenerationJob``, Celery carries it as JSON
+(``model_dump(mode="json")``), the worker reads it back with
+``GenerationJob.model_validate`` and returns a ``JobResult``, which the store
+keeps and the API and audit aggregation read. No layer reads another's dicts
+by key.
+
+This module lives in ``evaluators/`` so that the pure parts (policy limits,
+audit aggregation) own the types they read; it imports nothing but the
+evaluators' own findings and pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evaluators.findings import Action, CheckError, Finding
+
+# Placeholder in a prompt that fairness requests fill per group.
+GROUP_PLACEHOLDER = "{group}"
+
+
+class Contract(BaseModel):
+    """Base for the contracts: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _stop_tuple(value: Any) -> Any:
+    # A single string is one stop sequence, not a sequence of characters.
+    return (value,) if isinstance(value, str) else value
+
+
+class SamplingParams(Contract):
+    """How a job is decoded: the policy's defaults with the request's values over them.
+
+    Defined once: the policy's ``generation.defaults`` is this model, a request's
+    ``params`` is ``SamplingOverrides`` (the same fields, all optional), and
+    ``GenerationPolicy.resolve`` applies the policy's limits in one place.
+    """
+
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
+    top_k: int = Field(default=50, ge=0, description="Keep the k most likely tokens; 0 disables.")
+    top_p: float = Field(
+        default=0.95, ge=0.0, le=1.0, description="Nucleus sampling mass; 1 disables, 0 keeps the top token."
+    )
+    max_new_tokens: int = Field(default=128, ge=1, description="Most tokens to generate.")
+    stop: tuple[str, ...] = Field(default=(), description="Stop sequences; the output is cut before them.")
+    seed: int | None = Field(
+        default=None, description="Seed for reproducible sampling; sample i of a job uses seed + i."
+    )
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, description="Penalty on repeated tokens (HF/CTRL semantics); 1 is none."
+    )
+
+    _one_stop = field_validator("stop", mode="before")(_stop_tuple)
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def with_seed_offset(self, offset: int) -> SamplingParams:
+        """The same parameters for sample ``offset``: its own reproducible seed."""
+        if self.seed is None or offset == 0:
+            return self
+        return self.model_copy(update={"seed": self.seed + offset})
+
+
+class SamplingOverrides(Contract):
+    """A request's sampling parameters; what it leaves out comes from the policy."""
+
+    temperature: float | None = Field(default=None, description="Sampling temperature; 0 is greedy.")
+    top_k: int | None = Field(default=None, description="Keep the k most likely tokens; 0 disables.")
+    top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
+    max_new_tokens: int | None = Field(default=None, description="Most tokens to generate.")
+    stop: tuple[str, ...] | None = Field(default=None, description="Stop sequences, cut from the output.")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    repetition_penalty: float | None = Field(default=None, description="Penalty on repeated tokens.")
+
+    _one_stop = field_validator("stop", mode="before")(_stop_tuple)
+
+    def given(self) -> dict[str, Any]:
+        """The parameters the request set."""
+        return self.model_dump(exclude_none=True)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class ChatMessage(Contract):
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
+    content: str = Field(description="The message text.")
+
+
+class FairnessSpec(Contract):
+    """Counterfactual fairness: the prompt's {group} slot filled per group."""
+
+    dimension: str | None = Field(default=None, description="gender, race, religion, or your own label.")
+    groups: tuple[str, ...] | None = Field(
+        default=None, min_length=2, max_length=12, description="Groups to compare; default per dimension."
+    )
+    samples_per_group: int | None = Field(
+        default=None, ge=1, le=16, description="Generations per group; default from the policy."
+    )
+
+    @model_validator(mode="after")
+    def _groups_or_dimension(self) -> FairnessSpec:
+        if not self.dimension and not self.groups:
+            raise ValueError("fairness needs a dimension or groups")
+        return self
+
+
+class Prompt(Contract):
+    """A plain prompt or chat messages: exactly one of the two."""
+
+    prompt: str | None = Field(default=None, description="A plain prompt (wrapped as one user message).")
+    messages: tuple[ChatMessage, ...] | None = Field(default=None, description="Chat messages.")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Prompt:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt or messages")
+        if self.messages is not None and not any(m.role == "user" for m in self.messages):
+            raise ValueError("messages need at least one user message")
+        return self
+
+    def texts(self) -> list[str]:
+        """Every text of the request: the prompt, or each message's content."""
+        if self.prompt is not None:
+            return [self.prompt]
+        return [m.content for m in self.messages or ()]
+
+    def user_texts(self) -> list[str]:
+        """The parts a person wrote: the prompt, or the user messages (what input checks see)."""
+        if self.prompt is not None:
+            return [self.prompt]
+        return [m.content for m in self.messages or () if m.role == "user"]
+
+    def with_user_texts(self, texts: list[str]) -> Prompt:
+        """The same request with its user texts replaced (e.g. by their redacted forms)."""
+        if self.prompt is not None:
+            return self.model_copy(update={"prompt": texts[0]})
+        it = iter(texts)
+        messages = tuple(
+            m.model_copy(update={"content": next(it)}) if m.role == "user" else m for m in self.messages or ()
+        )
+        return self.model_copy(update={"messages": messages})
+
+    def filled(self, placeholder: str, value: str) -> Prompt:
+        """The request with ``placeholder`` replaced by ``value`` in every text."""
+        if self.prompt is not None:
+            return self.model_copy(update={"prompt": self.prompt.replace(placeholder, value)})
+        messages = tuple(
+            m.model_copy(update={"content": m.content.replace(placeholder, value)})
+            for m in self.messages or ()
+        )
+        return self.model_copy(update={"messages": messages})
+
+
+class GenerationRequest(Prompt):
+    """``POST /v1/generations``: a guarded generation job as a client sends it."""
+
+    model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
+    policy: str = Field(default="default", description="Policy whose checks guard the job.")
+    params: SamplingOverrides = Field(default_factory=SamplingOverrides, description="Sampling parameters.")
+    context: tuple[str, ...] | None = Field(
+        default=None, description="Grounding documents the output is checked against (hallucination)."
+    )
+    fairness: FairnessSpec | None = Field(
+        default=None, description="Generate the prompt's {group} variants and score gaps between groups."
+    )
+
+    @model_validator(mode="after")
+    def _fairness_slot(self) -> GenerationRequest:
+        if self.fairness is not None and not any(GROUP_PLACEHOLDER in t for t in self.texts()):
+            raise ValueError("a fairness request needs a {group} slot in its prompt or messages")
+        return self
+
+
+class GenerationJob(Prompt):
+    """A job as the worker runs it: resolved parameters, a known model and policy."""
+
+    job_id: str | None = Field(default=None, description="The stored job's id; none for audit items.")
+    model: str = Field(description="Model id or local folder.")
+    policy: str = Field(description="Policy name.")
+    params: SamplingParams = Field(description="Resolved sampling parameters (policy limits applied).")
+    context: tuple[str, ...] | None = Field(default=None, description="Grounding documents.")
+    fairness: FairnessSpec | None = Field(default=None, description="Counterfactual fairness request.")
+    enqueued_at: float | None = Field(default=None, description="Unix time the job was queued.")
+
+
+# --------------------------------------------------------------------------- results
+
+
+class SpanRecord(Contract):
+    """Character offsets ``[start, end)`` into the original text."""
+
+    start: int
+    end: int
+
+
+class FindingRecord(Contract):
+    """A finding as results carry it (see ``evaluators.findings.Finding``)."""
+
+    check: str
+    label: str
+    score: float
+    threshold: float
+    triggered: bool
+    action: Action
+    engine: str
+    span: SpanRecord | None = None
+    detail: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, finding: Finding) -> FindingRecord:
+        span = SpanRecord(start=finding.span.start, end=finding.span.end) if finding.span else None
+        return cls(
+            check=finding.check,
+            label=finding.label,
+            score=round(finding.score, 6),
+            threshold=finding.threshold,
+            triggered=finding.triggered,
+            action=finding.action,
+            engine=finding.engine,
+            span=span,
+            detail=dict(finding.detail) or None,
+        )
+
+
+class CheckErrorRecord(Contract):
+    """A check that could not run, and what the policy made of it."""
+
+    check: str
+    engine: str
+    error: str
+    action: Action
+
+    @classmethod
+    def of(cls, error: CheckError) -> CheckErrorRecord:
+        return cls(check=error.check, engine=error.engine, error=error.error, action=error.action)
+
+
+class StageResult(Contract):
+    """What one stage's checks (input or output) decided over the job's texts."""
+
+    action: Action = Field(description="The strongest action of the stage.")
+    findings: tuple[FindingRecord, ...] = Field(default=(), description="Triggered findings.")
+    scores: dict[str, float] = Field(default_factory=dict, description='"check.label" -> highest score.')
+    engines: dict[str, str] = Field(default_factory=dict, description='"check.label" -> engine that scored.')
+    errors: tuple[CheckErrorRecord, ...] = Field(default=(), description="Checks that could not run.")
+
+
+class PolicyIdentity(Contract):
+    """Which policy, at which version, decided."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class Usage(Contract):
+    """Tokens read and generated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ModelInfo(BaseModel):
+    """The model that generated: id, revision and how it ran (device, dtype, ...)."""
+
+    # Open: the generator reports what it knows about itself (device, dtype, int8...).
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    revision: str | None = None
+
+
+class FairnessGap(Contract):
+    """One measure's spread across groups."""
+
+    gap: float
+    ratio: float
+    ci: tuple[float, float]
+    highest: str
+    lowest: str
+
+
+class FairnessSummary(Contract):
+    """Per-group means and gaps of a fairness job; the policy's gap threshold decides."""
+
+    metric: str = Field(description="The measure the policy gates on.")
+    max_gap: float = Field(description="Largest gap the policy allows for that measure.")
+    triggered: bool = Field(description="Whether the gap exceeded max_gap.")
+    action: Action = Field(description="The policy's action when triggered, else allow.")
+    per_group: dict[str, dict[str, float]] = Field(description="measure -> group -> mean.")
+    gaps: dict[str, FairnessGap] = Field(description="measure -> spread across groups.")
+    n_per_group: dict[str, int] = Field(description="Generations per group.")
+    dimension: str = Field(default="", description="The dimension compared, if named.")
+
+
+class FairnessVariant(Contract):
+    """One generated variant of a fairness job."""
+
+    group: str
+    action: Action
+    output: str | None
+    scores: dict[str, float]
+    findings: tuple[FindingRecord, ...]
+
+
+class JobResult(Contract):
+    """What a generation job produced, as the API returns it and the store keeps it."""
+
+    policy: PolicyIdentity
+    params: SamplingParams
+    action: Action = Field(description="The job's final action.")
+    output: str | None = Field(description="The filtered output; none when blocked.")
+    model: ModelInfo
+    usage: Usage = Field(default_factory=Usage)
+    timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per phase.")
+    input: StageResult | None = Field(default=None, description="Input checks.")
+    output_checks: StageResult | None = Field(default=None, description="Output checks; none if not run.")
+    findings: tuple[FindingRecord, ...] = Field(default=(), description="Triggered findings, both stages.")
+    blocked_stage: Literal["input", "output"] | None = None
+    finish_reason: str | None = None
+    batch_rows: int | None = Field(default=None, description="Rows that shared the decode batch.")
+    raw_output: str | None = Field(default=None, description="Unfiltered output, if the policy opts in.")
+    fairness: FairnessSummary | None = None
+    variants: tuple[FairnessVariant, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: fields that do not apply are left out; ``output`` is always there."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        body.setdefault("output", None)
+        return body
+
+
+class JobError(Contract):
+    """Why a job failed or was cancelled (no raw text)."""
+
+    code: str
+    title: str | None = None
+    detail: str | None = None
+    reason: str | None = None
