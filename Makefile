@@ -42,7 +42,7 @@ test: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check service evaluators workers
+	$(BIN)/ruff format --check service evaluators workers store
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
