@@ -80,15 +80,24 @@ class SamplingParams(Contract):
 
 
 class SamplingOverrides(Contract):
-    """A request's sampling parameters; what it leaves out comes from the policy."""
+    """A request's sampling parameters; what it leaves out comes from the policy.
 
-    temperature: float | None = Field(default=None, description="Sampling temperature; 0 is greedy.")
-    top_k: int | None = Field(default=None, description="Keep the k most likely tokens; 0 disables.")
-    top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
-    max_new_tokens: int | None = Field(default=None, description="Most tokens to generate.")
+    Strict numbers: ``true`` is not a temperature, nor ``2.5`` a token count.
+    """
+
+    temperature: float | None = Field(
+        default=None, strict=True, description="Sampling temperature; 0 is greedy."
+    )
+    top_k: int | None = Field(
+        default=None, strict=True, description="Keep the k most likely tokens; 0 disables."
+    )
+    top_p: float | None = Field(default=None, strict=True, description="Nucleus sampling mass.")
+    max_new_tokens: int | None = Field(default=None, strict=True, description="Most tokens to generate.")
     stop: tuple[str, ...] | None = Field(default=None, description="Stop sequences, cut from the output.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
-    repetition_penalty: float | None = Field(default=None, description="Penalty on repeated tokens.")
+    seed: int | None = Field(default=None, strict=True, description="Seed for reproducible sampling.")
+    repetition_penalty: float | None = Field(
+        default=None, strict=True, description="Penalty on repeated tokens."
+    )
 
     _one_stop = field_validator("stop", mode="before")(_stop_tuple)
 

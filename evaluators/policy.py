@@ -8,7 +8,7 @@ from it. Every field carries a description, exported as JSON Schema by
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from evaluators.checks.config import OnError, Strict
-from evaluators.errors import Location, PolicyError, PolicyNotFound, Problem
+from evaluators.contracts import SamplingOverrides, SamplingParams
+from evaluators.errors import InputError, LimitExceeded, Location, PolicyError, PolicyNotFound, Problem
 from evaluators.findings import Action
 from evaluators.gates import Gate, parse_gate
 from evaluators.registry import check_config_union
@@ -57,20 +58,6 @@ class Range(Strict):
         return self
 
 
-class GenerationDefaults(Strict):
-    """Sampling defaults applied when a generation request leaves a parameter out."""
-
-    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
-    top_k: int = Field(default=50, ge=0, description="Keep the k most likely tokens; 0 disables.")
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(default=128, ge=1, description="Most tokens to generate.")
-    repetition_penalty: float = Field(
-        default=1.0, gt=0.0, description="Penalty on repeated tokens; 1 is none."
-    )
-    stop: tuple[str, ...] = Field(default=(), description="Stop sequences, cut from the output.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
-
-
 class GenerationLimits(Strict):
     """Bounds a generation request must stay within; outside them it gets a 422."""
 
@@ -87,14 +74,53 @@ class GenerationLimits(Strict):
 class GenerationPolicy(Strict):
     """How generation jobs under this policy run."""
 
-    defaults: GenerationDefaults = Field(
-        default_factory=GenerationDefaults, description="Parameter defaults."
+    defaults: SamplingParams = Field(
+        default_factory=SamplingParams, description="Sampling defaults for what a request leaves out."
     )
     limits: GenerationLimits = Field(default_factory=GenerationLimits, description="Parameter limits.")
     return_raw_output: bool = Field(
         default=False,
         description="Return the unfiltered model output beside the filtered one (off: only filtered).",
     )
+
+    def resolve(
+        self, requested: SamplingOverrides | Mapping[str, Any] | None, *, policy: str = ""
+    ) -> SamplingParams:
+        """The request's parameters over these defaults; ``LimitExceeded`` outside the limits.
+
+        The one place policy limits apply: the API calls it before queueing (a 422
+        instead of a failed job) and the job carries the result.
+        """
+        try:
+            overrides = (
+                requested
+                if isinstance(requested, SamplingOverrides)
+                else SamplingOverrides.model_validate(dict(requested or {}))
+            )
+        except ValidationError as exc:
+            raise InputError(f"invalid generation parameters: {_brief(exc)}") from exc
+        values = {**self.defaults.model_dump(), **overrides.given()}
+        problems: list[str] = []
+        for name in ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty"):
+            bounds: Range = getattr(self.limits, name)
+            value = values[name]
+            if bounds.min is not None and value < bounds.min:
+                problems.append(f"{name}={value} is below the policy minimum {bounds.min:g}")
+            if bounds.max is not None and value > bounds.max:
+                problems.append(f"{name}={value} is above the policy maximum {bounds.max:g}")
+        most = self.limits.max_stop_sequences
+        if len(values["stop"]) > most:
+            problems.append(f"{len(values['stop'])} stop sequences sent; the policy allows {most}")
+        if problems:
+            raise LimitExceeded("; ".join(problems), policy=policy)
+        try:
+            return SamplingParams.model_validate(values)
+        except ValidationError as exc:
+            raise InputError(f"invalid generation parameters: {_brief(exc)}") from exc
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
 
 
 class FairnessPolicy(Strict):

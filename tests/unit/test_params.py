@@ -6,20 +6,24 @@ from pathlib import Path
 
 import pytest
 
+from evaluators.contracts import SamplingParams
 from evaluators.errors import InputError, LimitExceeded
-from evaluators.policy import load_policy_file
-from workers.params import resolve_params
+from evaluators.policy import Policy, load_policy_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STRICT = load_policy_file(ROOT / "policies" / "strict.yaml").policy
 
 
+def resolve_params(policy: Policy, requested: dict[str, object]) -> SamplingParams:
+    return policy.generation.resolve(requested, policy=policy.name)
+
+
 def test_defaults_come_from_the_policy() -> None:
     params = resolve_params(STRICT, {"seed": 7})
-    assert params["temperature"] == 0.3  # strict's default
-    assert params["max_new_tokens"] == 128
-    assert params["seed"] == 7
-    assert params["stop"] == []
+    assert params.temperature == 0.3  # strict's default
+    assert params.max_new_tokens == 128
+    assert params.seed == 7
+    assert params.stop == ()
 
 
 @pytest.mark.parametrize(
@@ -46,4 +50,11 @@ def test_malformed_params_are_input_errors(params: dict[str, object]) -> None:
 
 
 def test_a_single_stop_string_is_a_list() -> None:
-    assert resolve_params(STRICT, {"stop": "END"})["stop"] == ["END"]
+    assert resolve_params(STRICT, {"stop": "END"}).stop == ("END",)
+
+
+def test_resolved_params_are_json_for_the_queue() -> None:
+    params = resolve_params(STRICT, {"stop": ["a", "b"], "seed": 3})
+    wire = params.model_dump(mode="json")
+    assert wire["stop"] == ["a", "b"]
+    assert SamplingParams.model_validate(wire) == params
