@@ -57,8 +57,8 @@ def main() -> int:
 
     from fairlearn.metrics import MetricFrame
 
+    from evaluators.audit.gates import bootstrap_gap_ci
     from evaluators.engine import PolicyEngine
-    from evaluators.gates import bootstrap_gap_ci
     from evaluators.policy import parse_policy
     from evaluators.settings import evaluator_settings
     from workers.generation import GenerationRequest, Generator, SamplingParams

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from evaluators.audit.gates import Gate, parse_gate
 from evaluators.checks.config import OnError, Strict
 from evaluators.contracts import SamplingOverrides, SamplingParams
 from evaluators.errors import InputError, LimitExceeded, Location, PolicyError, PolicyNotFound, Problem
 from evaluators.findings import Action
-from evaluators.gates import Gate, parse_gate
 from evaluators.registry import check_config_union
 from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from evaluators.aggregate import ItemResult, is_refusal
+from evaluators.audit.aggregate import ItemResult, is_refusal
+from evaluators.audit.gates import bootstrap_gap_ci
+from evaluators.audit.suites import DEFAULT_GROUPS, GROUP_PLACEHOLDER
 from evaluators.errors import InputError
 from evaluators.findings import Action
-from evaluators.gates import bootstrap_gap_ci
 from evaluators.policy import LoadedPolicy
-from evaluators.suites import DEFAULT_GROUPS, GROUP_PLACEHOLDER
 
 MEASURES: dict[str, Callable[[dict[str, Any]], float]] = {
     "toxicity": lambda r: float(

@@ -7,8 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from evaluators.errors import PolicyError
-from evaluators.gates import (
+from evaluators.audit.gates import (
     Gate,
     Metric,
     bootstrap_gap_ci,
@@ -18,6 +17,7 @@ from evaluators.gates import (
     verdict,
     wilson_interval,
 )
+from evaluators.errors import PolicyError
 from evaluators.policy import parse_policy
 
 

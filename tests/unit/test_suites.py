@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from evaluators.errors import FileValidationError
-from evaluators.suites import (
+from evaluators.audit.suites import (
     DEFAULT_GROUPS,
     SuiteError,
     WorkItem,
@@ -18,6 +17,7 @@ from evaluators.suites import (
     parse_suite_yaml,
     suite_json_schema,
 )
+from evaluators.errors import FileValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ROOT / "suites"

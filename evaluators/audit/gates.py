@@ -1,6 +1,6 @@
 """Release gates: conditions on audit metrics, such as ``"toxicity.flag_rate <= 0.01"``.
 
-A policy lists its gates; an audit run measures metrics (``evaluators.aggregate``)
+A policy lists its gates; an audit run measures metrics (``evaluators.audit.aggregate``)
 and each gate passes or fails on the measured value. Rules that keep a gate honest:
 
 * A metric the run did not measure, or measured on no items, fails its gate. Never pass.

@@ -1,32 +1,15 @@
-"""Typed contracts between the layers: a generation job, its result, an audit item.
-
-The API builds a ``GenerationJob``, Celery carries it as JSON
-(``model_dump(mode="json")``), the worker reads it back with
-``GenerationJob.model_validate`` and returns a ``JobResult``, which the store
-keeps and the API and audit aggregation read. No layer reads another's dicts
-by key.
-
-This module lives in ``evaluators/`` so that the pure parts (policy limits,
-audit aggregation) own the types they read; it imports nothing but the
-evaluators' own findings and pydantic.
-"""
+"""Generation jobs: sampling parameters, the API's request, and the job the worker runs."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from evaluators.findings import Action, CheckError, Finding
+from evaluators.contracts.base import Contract
 
 # Placeholder in a prompt that fairness requests fill per group.
 GROUP_PLACEHOLDER = "{group}"
-
-
-class Contract(BaseModel):
-    """Base for the contracts: frozen, unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -211,159 +194,3 @@ class GenerationJob(Prompt):
     context: tuple[str, ...] | None = Field(default=None, description="Grounding documents.")
     fairness: FairnessSpec | None = Field(default=None, description="Counterfactual fairness request.")
     enqueued_at: float | None = Field(default=None, description="Unix time the job was queued.")
-
-
-# --------------------------------------------------------------------------- results
-
-
-class SpanRecord(Contract):
-    """Character offsets ``[start, end)`` into the original text."""
-
-    start: int
-    end: int
-
-
-class FindingRecord(Contract):
-    """A finding as results carry it (see ``evaluators.findings.Finding``)."""
-
-    check: str
-    label: str
-    score: float
-    threshold: float
-    triggered: bool
-    action: Action
-    engine: str
-    span: SpanRecord | None = None
-    detail: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, finding: Finding) -> FindingRecord:
-        span = SpanRecord(start=finding.span.start, end=finding.span.end) if finding.span else None
-        return cls(
-            check=finding.check,
-            label=finding.label,
-            score=round(finding.score, 6),
-            threshold=finding.threshold,
-            triggered=finding.triggered,
-            action=finding.action,
-            engine=finding.engine,
-            span=span,
-            detail=dict(finding.detail) or None,
-        )
-
-
-class CheckErrorRecord(Contract):
-    """A check that could not run, and what the policy made of it."""
-
-    check: str
-    engine: str
-    error: str
-    action: Action
-
-    @classmethod
-    def of(cls, error: CheckError) -> CheckErrorRecord:
-        return cls(check=error.check, engine=error.engine, error=error.error, action=error.action)
-
-
-class StageResult(Contract):
-    """What one stage's checks (input or output) decided over the job's texts."""
-
-    action: Action = Field(description="The strongest action of the stage.")
-    findings: tuple[FindingRecord, ...] = Field(default=(), description="Triggered findings.")
-    scores: dict[str, float] = Field(default_factory=dict, description='"check.label" -> highest score.')
-    engines: dict[str, str] = Field(default_factory=dict, description='"check.label" -> engine that scored.')
-    errors: tuple[CheckErrorRecord, ...] = Field(default=(), description="Checks that could not run.")
-
-
-class PolicyIdentity(Contract):
-    """Which policy, at which version, decided."""
-
-    name: str
-    version: str
-    sha256: str
-
-
-class Usage(Contract):
-    """Tokens read and generated."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class ModelInfo(BaseModel):
-    """The model that generated: id, revision and how it ran (device, dtype, ...)."""
-
-    # Open: the generator reports what it knows about itself (device, dtype, int8...).
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    id: str
-    revision: str | None = None
-
-
-class FairnessGap(Contract):
-    """One measure's spread across groups."""
-
-    gap: float
-    ratio: float
-    ci: tuple[float, float]
-    highest: str
-    lowest: str
-
-
-class FairnessSummary(Contract):
-    """Per-group means and gaps of a fairness job; the policy's gap threshold decides."""
-
-    metric: str = Field(description="The measure the policy gates on.")
-    max_gap: float = Field(description="Largest gap the policy allows for that measure.")
-    triggered: bool = Field(description="Whether the gap exceeded max_gap.")
-    action: Action = Field(description="The policy's action when triggered, else allow.")
-    per_group: dict[str, dict[str, float]] = Field(description="measure -> group -> mean.")
-    gaps: dict[str, FairnessGap] = Field(description="measure -> spread across groups.")
-    n_per_group: dict[str, int] = Field(description="Generations per group.")
-    dimension: str = Field(default="", description="The dimension compared, if named.")
-
-
-class FairnessVariant(Contract):
-    """One generated variant of a fairness job."""
-
-    group: str
-    action: Action
-    output: str | None
-    scores: dict[str, float]
-    findings: tuple[FindingRecord, ...]
-
-
-class JobResult(Contract):
-    """What a generation job produced, as the API returns it and the store keeps it."""
-
-    policy: PolicyIdentity
-    params: SamplingParams
-    action: Action = Field(description="The job's final action.")
-    output: str | None = Field(description="The filtered output; none when blocked.")
-    model: ModelInfo
-    usage: Usage = Field(default_factory=Usage)
-    timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per phase.")
-    input: StageResult | None = Field(default=None, description="Input checks.")
-    output_checks: StageResult | None = Field(default=None, description="Output checks; none if not run.")
-    findings: tuple[FindingRecord, ...] = Field(default=(), description="Triggered findings, both stages.")
-    blocked_stage: Literal["input", "output"] | None = None
-    finish_reason: str | None = None
-    batch_rows: int | None = Field(default=None, description="Rows that shared the decode batch.")
-    raw_output: str | None = Field(default=None, description="Unfiltered output, if the policy opts in.")
-    fairness: FairnessSummary | None = None
-    variants: tuple[FairnessVariant, ...] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire form: fields that do not apply are left out; ``output`` is always there."""
-        body = self.model_dump(mode="json", exclude_none=True)
-        body.setdefault("output", None)
-        return body
-
-
-class JobError(Contract):
-    """Why a job failed or was cancelled (no raw text)."""
-
-    code: str
-    title: str | None = None
-    detail: str | None = None
-    reason: str | None = None

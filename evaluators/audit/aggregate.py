@@ -20,8 +20,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluators.gates import Metric, bootstrap_gap_ci, wilson_interval
-from evaluators.suites import WorkItem
+from evaluators.audit.gates import Metric, bootstrap_gap_ci, wilson_interval
+from evaluators.audit.suites import WorkItem
 
 __all__ = ["AuditMetrics", "ItemResult", "Metric", "aggregate", "is_refusal", "report_safe_text"]
 
