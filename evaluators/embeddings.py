@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluators.batched_encode import encode_batched
 from evaluators.errors import ModelMissingError
 from evaluators.models import shared_model
 from evaluators.settings import evaluator_settings, resolve_device
@@ -65,27 +66,23 @@ class SentenceEncoder:
         dim = int(self.model.config.hidden_size)
         if not texts:
             return torch.zeros((0, dim))
-        out = torch.empty((len(texts), dim))
-        # Similar lengths in one batch means less padding to compute.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            with self.lock:
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                unit = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-            out[torch.tensor(idx)] = unit.cpu()
-        return out
+
+        def forward(enc: Any, _batch: list[str]) -> tuple[torch.Tensor, ...]:
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().unbind()
+
+        rows = encode_batched(
+            texts,
+            self.tokenizer,
+            forward,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            device=self.device,
+            lock=self.lock,
+        )
+        return torch.stack(rows)
 
 
 def _load_encoder(path: Path, device: str) -> SentenceEncoder:

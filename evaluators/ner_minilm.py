@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluators.batched_encode import encode_batched
 from evaluators.errors import ModelMissingError
 
 if TYPE_CHECKING:
@@ -154,42 +155,37 @@ class WordEncoder:
         """``(len(words), dim + N_SHAPE)`` float32 tensors, one per sentence, in order."""
         import torch
 
-        out: list[torch.Tensor | None] = [None] * len(sentences)
-        order = sorted(range(len(sentences)), key=lambda i: sum(len(w) for w in sentences[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = [i for i in order[start : start + self.batch_size]]
-            batch = [list(sentences[i]) or [""] for i in idx]
-            with self.lock:
-                enc = self.tokenizer(
-                    batch,
-                    is_split_into_words=True,
-                    truncation=True,
-                    max_length=_MAX_PIECES,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                word_ids = [enc.word_ids(b) for b in range(len(batch))]
-            with torch.inference_mode():
-                states = self.model(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    output_hidden_states=True,
-                ).hidden_states
-                # The last layers are tuned for sentence similarity; averaging in the one
-                # below keeps more word-level (lexical) information.
-                hidden = ((states[-1] + states[-2]) / 2).float()
-            for b, i in enumerate(idx):
-                words = sentences[i]
+        def forward(enc: Any, batch: list[Sequence[str]]) -> list[torch.Tensor]:
+            states = self.model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                output_hidden_states=True,
+            ).hidden_states
+            # The last layers are tuned for sentence similarity; averaging in the one
+            # below keeps more word-level (lexical) information.
+            hidden = ((states[-1] + states[-2]) / 2).float()
+            rows = []
+            for b, words in enumerate(batch):
                 vecs = torch.zeros((len(words), self.dim))
                 seen: set[int] = set()
-                for pos, wid in enumerate(word_ids[b]):
+                for pos, wid in enumerate(enc.word_ids(b)):
                     if wid is not None and wid not in seen:
                         seen.add(wid)
                         vecs[wid] = hidden[b, pos]
                 # Words cut off by truncation keep a zero vector; their shape still counts.
                 shape = torch.tensor(shape_features(words), dtype=torch.float32).reshape(len(words), N_SHAPE)
-                out[i] = torch.cat([vecs, shape], dim=1)
-        return [t if t is not None else torch.zeros((0, self.dim + N_SHAPE)) for t in out]
+                rows.append(torch.cat([vecs, shape], dim=1))
+            return rows
+
+        return encode_batched(
+            sentences,
+            self.tokenizer,
+            forward,
+            batch_size=self.batch_size,
+            max_length=_MAX_PIECES,
+            kind="words",
+            lock=self.lock,
+        )
 
 
 def _window(x: torch.Tensor) -> torch.Tensor:

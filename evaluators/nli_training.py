@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluators.batched_encode import encode_batched
 from evaluators.embeddings import minilm_path, split_sentences
 
 LABELS = {0: "not_entailment", 1: "entailment"}
@@ -169,24 +170,15 @@ def predict(
     """P(entailment) per (premise, claim), in order, from length-sorted batches."""
     import torch
 
-    out = [0.0] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [pairs[i][0] for i in idx],
-                [pairs[i][1] for i in idx],
-                truncation="only_first",
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            probs = torch.softmax(model(**enc).logits.float(), dim=-1)[:, 1].tolist()
-            for i, p in zip(idx, probs, strict=True):
-                out[i] = float(p)
-    return out
+
+    def forward(enc: Any, _batch: list[tuple[str, str]]) -> list[float]:
+        probs: list[float] = torch.softmax(model(**enc).logits.float(), dim=-1)[:, 1].tolist()
+        return probs
+
+    return encode_batched(
+        pairs, tokenizer, forward, batch_size=batch_size, max_length=max_length, kind="pair"
+    )
 
 
 def _eval_sets(data: Path, rows: int, rng: random.Random) -> dict[str, list[tuple[str, str, int]]]:

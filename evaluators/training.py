@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from evaluators.batched_encode import encode_batched
 from evaluators.settings import resolve_device
 
 JIGSAW_CLASSES: tuple[str, ...] = (
@@ -209,21 +210,16 @@ def _predict(
     """Logits for ``texts`` in order, from length-sorted batches."""
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    logits = torch.zeros(len(texts), len(JIGSAW_CLASSES))
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
-            logits[idx] = model(**enc).logits.float().cpu()
-    return logits
+    rows = encode_batched(
+        texts,
+        tokenizer,
+        lambda enc, _batch: model(**enc).logits.float().cpu().unbind(),
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+    )
+    return torch.stack(rows) if rows else torch.zeros(0, len(JIGSAW_CLASSES))
 
 
 def _auc(y_true: Any, y_score: Any) -> dict[str, float]:

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from evaluators.batched_encode import encode_batched
 from evaluators.build import BUILD_COMMAND, recipes
 from evaluators.checks.base import CheckBase, CheckInput
 from evaluators.checks.config import CheckConfigBase
@@ -569,30 +570,25 @@ class HallucinationCheck(CheckBase):
         import torch
 
         nli = self._nli
-        out = [0.0] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+
+        def forward(enc: Any, _batch: list[tuple[str, str]]) -> list[float]:
+            logits = nli.model(**enc).logits
+            probs: list[float] = torch.softmax(logits.float(), dim=-1)[:, nli.entailment].cpu().tolist()
+            return probs
+
         try:
-            for start in range(0, len(order), self.config.batch_size):
-                idx = order[start : start + self.config.batch_size]
-                with nli.lock:
-                    enc = nli.tokenizer(
-                        [pairs[i][0] for i in idx],
-                        [pairs[i][1] for i in idx],
-                        # Cut the premise, never the claim.
-                        truncation="only_first",
-                        max_length=nli.max_length,
-                        padding=True,
-                        return_tensors="pt",
-                    )
-                enc = {k: v.to(nli.device) for k, v in enc.items()}
-                with torch.inference_mode():
-                    logits = nli.model(**enc).logits
-                probs = torch.softmax(logits.float(), dim=-1)[:, nli.entailment].cpu().tolist()
-                for i, p in zip(idx, probs, strict=True):
-                    out[i] = float(p)
+            return encode_batched(
+                pairs,
+                nli.tokenizer,
+                forward,
+                batch_size=self.config.batch_size,
+                max_length=nli.max_length,
+                kind="pair",
+                device=nli.device,
+                lock=nli.lock,
+            )
         except Exception as exc:
             raise CheckFailed(f"NLI scoring failed: {exc}", engine=nli.engine) from exc
-        return out
 
     def _findings(self, item: CheckInput, claims: list[Claim], scored: list[_Scored]) -> list[Finding]:
         cfg = self.config

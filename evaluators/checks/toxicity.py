@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from evaluators.batched_encode import encode_batched
 from evaluators.checks.base import CheckBase, CheckInput
 from evaluators.checks.config import CheckConfigBase, LabelRule, Strict
 from evaluators.errors import CheckFailed, ModelMissingError
@@ -466,27 +467,21 @@ class ToxicityCheck(CheckBase):
 
         clf = self._classifier
         tier = self.config.detoxify
-        model, tokenizer = clf.detox.model, clf.detox.tokenizer
-        # Similar lengths in one batch means less padding to compute.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[list[float]] = [[] for _ in texts]
+        model = clf.detox.model
+
+        def forward(enc: Any, _batch: list[str]) -> list[list[float]]:
+            rows: list[list[float]] = torch.sigmoid(model(**enc)[0].float()).cpu().tolist()
+            return rows
+
         try:
-            for start in range(0, len(order), tier.batch_size):
-                idx = order[start : start + tier.batch_size]
-                with clf.tokenizer_lock:
-                    enc = tokenizer(
-                        [texts[i] for i in idx],
-                        truncation=True,
-                        max_length=tier.max_length,
-                        padding=True,
-                        return_tensors="pt",
-                    )
-                enc = {k: v.to(clf.device) for k, v in enc.items()}
-                with torch.inference_mode():
-                    logits = model(**enc)[0]
-                probs = torch.sigmoid(logits.float()).cpu().tolist()
-                for i, row in zip(idx, probs, strict=True):
-                    out[i] = row
+            return encode_batched(
+                texts,
+                clf.detox.tokenizer,
+                forward,
+                batch_size=tier.batch_size,
+                max_length=tier.max_length,
+                device=clf.device,
+                lock=clf.tokenizer_lock,
+            )
         except Exception as exc:
             raise CheckFailed(f"detoxify scoring failed: {exc}", engine=clf.engine) from exc
-        return out
