@@ -58,7 +58,10 @@ class Recipe:
     data: tuple[str, ...]
     """Files or folders under ``data/`` the model trains on; their bytes enter the key."""
     code: tuple[str, ...]
-    """Modules whose source enters the key (the trainer's module is always included)."""
+    """Modules whose source enters the key (the trainer's module is always included): every
+    ``evaluators`` module whose code shapes the trained weights (data preparation, batching,
+    the base model's path); infrastructure (settings, errors, the model cache) is left out,
+    so editing it retrains nothing."""
     trainer: str
     """``module:function`` implementing ``Trainer``."""
     config: Mapping[str, Any] = field(default_factory=dict)
@@ -84,8 +87,14 @@ def recipes() -> dict[str, Recipe]:
                 "profanity, toxicity"
             ),
             data=("abuse",),
-            code=("evaluators.abuse_data",),
-            trainer="evaluators.abuse_data:train_abuse",
+            code=(
+                "evaluators.abuse_data",
+                "evaluators.abuse_training",
+                "evaluators.batched_encode",
+                "evaluators.normalize",
+                "evaluators.training",
+            ),
+            trainer="evaluators.abuse_training:train_abuse",
             config={
                 "seed": 0,
                 "epochs": 3,
@@ -102,7 +111,12 @@ def recipes() -> dict[str, Recipe]:
             name="nli-minilm",
             description="MiniLM cross-encoder: P(premise supports claim), for the hallucination check",
             data=("nli",),
-            code=("evaluators.nli_training",),
+            code=(
+                "evaluators.nli_training",
+                "evaluators.batched_encode",
+                "evaluators.embeddings",
+                "evaluators.training",
+            ),
             trainer="evaluators.nli_training:train_nli",
             # One source of truth for the hyperparameters: the trainer's own defaults.
             config=dict(nli_defaults),
@@ -111,7 +125,7 @@ def recipes() -> dict[str, Recipe]:
             name="ner-minilm",
             description="PII tagger for PERSON, LOCATION, ORGANIZATION: window MLP on frozen MiniLM",
             data=("ner",),
-            code=("evaluators.ner_minilm",),
+            code=("evaluators.ner_minilm", "evaluators.batched_encode", "evaluators.embeddings"),
             trainer="evaluators.ner_minilm:train_ner",
             config={"seed": 0, "epochs": 6, "hidden": 256, "lr": 2e-3, "o_weight": 0.5, "dropout": 0.2},
         ),

@@ -9,16 +9,8 @@ import pytest
 import torch
 import yaml
 
-from evaluators.abuse_data import (
-    LABELS,
-    UNKNOWN,
-    FamilyCase,
-    evade,
-    family_accuracy,
-    label_auc,
-    load_corpus,
-    load_templates,
-)
+from evaluators.abuse_data import LABELS, UNKNOWN, FamilyCase, evade, load_corpus, load_templates
+from evaluators.abuse_training import family_accuracy, label_auc
 from evaluators.build import DATA_DIR
 
 

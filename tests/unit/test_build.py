@@ -163,3 +163,32 @@ def test_key_ignores_formatting_and_comments_but_not_code(env: Path, tmp_path: P
     finally:
         sys.path.remove(str(pkg))
         sys.modules.pop("toy_trainer_mod", None)
+
+
+# Modules that cannot change what a trainer learns: where settings and models live, errors.
+_INFRASTRUCTURE = {"evaluators.settings", "evaluators.errors", "evaluators.models", "evaluators.build"}
+
+
+def _evaluators_imports(module: str) -> set[str]:
+    """``evaluators`` modules ``module`` imports anywhere in its source (function-level too)."""
+    import ast
+    import importlib
+    import inspect
+
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evaluators."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("evaluators."))
+    return found
+
+
+def test_shipped_recipes_key_every_module_their_training_code_uses() -> None:
+    # A trainer's helper left out of the key would let a change to it reuse a stale model.
+    for name, r in recipes().items():
+        keyed = {*r.code, r.trainer.partition(":")[0]}
+        for module in sorted(keyed):
+            missing = _evaluators_imports(module) - keyed - _INFRASTRUCTURE
+            assert not missing, f"{name}: {module} imports {sorted(missing)}, not in the recipe's code"
