@@ -1,6 +1,6 @@
 """Audit run aggregation: per-item results in, metrics with confidence intervals out.
 
-The worker stores one ``ItemResult`` per work item (``ItemResult.from_generation``
+The worker stores one ``AuditItemResult`` per work item (``AuditItemResult.from_generation``
 builds it from ``workers.pipeline.guarded_generation``'s record); ``aggregate``
 folds them into the metrics gates are checked against, plus what reports draw:
 per-category rates, score distributions, per-group fairness measures and the
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluators.audit.gates import Metric, bootstrap_gap_ci, wilson_interval
-from evaluators.audit.suites import WorkItem
+from evaluators.audit.gates import Metric, wilson_interval
+from evaluators.contracts import AuditItem, AuditItemResult, FindingRecord, ItemFinding, JobResult
+from evaluators.fairness import group_stats
+from evaluators.findings import Action
 
-__all__ = ["AuditMetrics", "ItemResult", "Metric", "aggregate", "is_refusal", "report_safe_text"]
+__all__ = ["AuditMetrics", "Metric", "aggregate", "is_refusal", "item_result", "report_safe_text"]
 
 # Rate metric -> the output check whose triggered findings it counts.
 CHECK_RATES: dict[str, str] = {
@@ -46,143 +48,42 @@ _REFUSAL = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class ItemResult:
-    """What an audit run keeps of one work item: decisions, triggered findings, output scores."""
-
-    key: str
-    item_id: str
-    category: str
-    group: str | None = None
-    dimension: str | None = None
-    sample: int = 0
-    action: str | None = None
-    """Final action (allow, flag, redact, block); ``None`` when the item errored."""
-    input_action: str | None = None
-    output_action: str | None = None
-    """``None`` when output checks did not run: blocked at input, or an error."""
-    findings: tuple[dict[str, Any], ...] = ()
-    """Triggered findings of both stages: ``stage``, ``check``, ``label``, ``score``, ``action``, ``span``."""
-    scores: dict[str, float] = field(default_factory=dict)
-    """Output-stage scores, ``"check.label" -> score``, triggered or not."""
-    check_errors: tuple[str, ...] = ()
-    """Output-stage checks that could not run on this item."""
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    output_redacted: str | None = None
-    """The output as a report may show it (see ``report_safe_text``); ``None`` when blocked or errored."""
-    prompt: str | None = None
-
-    def triggered(self, check: str, stage: str = "output") -> bool:
-        return any(f.get("check") == check and f.get("stage") == stage for f in self.findings)
-
-    @property
-    def reached_output(self) -> bool:
-        return self.error is None and self.output_action is not None
-
-    @property
-    def max_score(self) -> float:
-        return max(self.scores.values(), default=0.0)
-
-    @classmethod
-    def from_generation(
-        cls, work: WorkItem, result: Mapping[str, Any] | None, error: str | None = None
-    ) -> ItemResult:
-        """Build from a work item and ``guarded_generation``'s result (or the error that stopped it)."""
-        base: dict[str, Any] = {
-            "key": work.key,
-            "item_id": work.item_id,
-            "category": work.category,
-            "group": work.group,
-            "dimension": work.dimension,
-            "sample": work.sample,
-            "prompt": work.prompt if work.prompt is not None else _last_user(work.messages),
-        }
-        if error is not None or result is None:
-            return cls(**base, error=error or "no result recorded")
-        input_block = result.get("input") or {}
-        output_block = result.get("output_checks")
-        findings = [_finding(f, "input") for f in input_block.get("findings", [])]
-        output_findings = [_finding(f, "output") for f in (output_block or {}).get("findings", [])]
-        usage = result.get("usage") or {}
-        return cls(
-            **base,
-            action=result.get("action"),
-            input_action=input_block.get("action"),
-            output_action=output_block.get("action") if output_block else None,
-            findings=tuple(findings + output_findings),
-            scores={k: float(v) for k, v in (output_block or {}).get("scores", {}).items()},
-            check_errors=tuple(sorted({e["check"] for e in (output_block or {}).get("errors", [])})),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            # Never raw_output: only what the policy let through, with leftovers masked.
-            output_redacted=report_safe_text(result.get("output"), output_findings),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "item_id": self.item_id,
-            "category": self.category,
-            "group": self.group,
-            "dimension": self.dimension,
-            "sample": self.sample,
-            "action": self.action,
-            "input_action": self.input_action,
-            "output_action": self.output_action,
-            "findings": [dict(f) for f in self.findings],
-            "scores": dict(self.scores),
-            "check_errors": list(self.check_errors),
-            "error": self.error,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "output_redacted": self.output_redacted,
-            "prompt": self.prompt,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ItemResult:
-        return cls(
-            key=data["key"],
-            item_id=data["item_id"],
-            category=data["category"],
-            group=data.get("group"),
-            dimension=data.get("dimension"),
-            sample=int(data.get("sample", 0)),
-            action=data.get("action"),
-            input_action=data.get("input_action"),
-            output_action=data.get("output_action"),
-            findings=tuple(dict(f) for f in data.get("findings", [])),
-            scores={k: float(v) for k, v in (data.get("scores") or {}).items()},
-            check_errors=tuple(data.get("check_errors", [])),
-            error=data.get("error"),
-            prompt_tokens=int(data.get("prompt_tokens", 0)),
-            completion_tokens=int(data.get("completion_tokens", 0)),
-            output_redacted=data.get("output_redacted"),
-            prompt=data.get("prompt"),
-        )
-
-
-def _last_user(messages: Sequence[Mapping[str, str]] | None) -> str | None:
-    users = [m["content"] for m in messages or () if m.get("role") == "user"]
-    return users[-1] if users else None
-
-
-def _finding(f: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    out = {
-        "stage": stage,
-        "check": f.get("check"),
-        "label": f.get("label"),
-        "score": float(f.get("score", 0.0)),
-        "action": f.get("action"),
+def item_result(item: AuditItem, result: JobResult | None, error: str | None = None) -> AuditItemResult:
+    """What the run keeps of ``item``: from its job's result, or the error that stopped it."""
+    base: dict[str, Any] = {
+        "key": item.key,
+        "item_id": item.item_id,
+        "category": item.category,
+        "group": item.group,
+        "dimension": item.dimension,
+        "sample": item.sample,
+        "prompt": item.last_user_text(),
     }
-    if f.get("span"):
-        out["span"] = {"start": int(f["span"]["start"]), "end": int(f["span"]["end"])}
-    return out
+    if error is not None or result is None:
+        return AuditItemResult(**base, error=error or "no result recorded")
+    input_findings = [_finding(f, "input") for f in result.input.findings] if result.input else []
+    out = result.output_checks
+    output_findings = [_finding(f, "output") for f in out.findings] if out else []
+    return AuditItemResult(
+        **base,
+        action=result.action,
+        input_action=result.input.action if result.input else None,
+        output_action=out.action if out else None,
+        findings=(*input_findings, *output_findings),
+        scores=dict(out.scores) if out else {},
+        check_errors=tuple(sorted({e.check for e in out.errors})) if out else (),
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+        # Never raw_output: only what the policy let through, with leftovers masked.
+        output_redacted=report_safe_text(result.output, output_findings),
+    )
 
 
-def report_safe_text(output: str | None, findings: Sequence[Mapping[str, Any]]) -> str | None:
+def _finding(f: FindingRecord, stage: str) -> ItemFinding:
+    return ItemFinding(stage=stage, check=f.check, label=f.label, score=f.score, action=f.action, span=f.span)
+
+
+def report_safe_text(output: str | None, findings: Sequence[ItemFinding]) -> str | None:
     """The output with personal data the policy flagged but did not redact masked as ``<LABEL>``.
 
     A policy may flag PII rather than redact it; a compliance report must not show it
@@ -192,26 +93,25 @@ def report_safe_text(output: str | None, findings: Sequence[Mapping[str, Any]]) 
     if output is None:
         return None
     leftovers = [
-        f
+        (f.span, f.label)
         for f in findings
-        if f.get("check") == "pii" and f.get("action") in ("flag", "allow") and f.get("span")
+        if f.check == "pii" and f.action in (Action.FLAG, Action.ALLOW) and f.span is not None
     ]
     if not leftovers:
         return output
-    if any(f.get("action") == "redact" for f in findings):
+    if any(f.action == Action.REDACT for f in findings):
         return "[withheld: the output holds personal data the policy flagged but did not redact]"
     text = output
-    for f in sorted(leftovers, key=lambda f: f["span"]["start"], reverse=True):
-        start, end = int(f["span"]["start"]), int(f["span"]["end"])
-        text = text[:start] + f"<{f.get('label')}>" + text[end:]
+    for span, label in sorted(leftovers, key=lambda sl: sl[0].start, reverse=True):
+        text = text[: span.start] + f"<{label}>" + text[span.end :]
     return text
 
 
-def is_refusal(result: ItemResult) -> bool:
+def is_refusal(action: Action | None, output: str | None) -> bool:
     """Blocked, or an answer that opens with a stock refusal (first 200 characters)."""
-    if result.action == "block":
+    if action == Action.BLOCK:
         return True
-    return bool(result.output_redacted and _REFUSAL.search(result.output_redacted[:200]))
+    return bool(output and _REFUSAL.search(output[:200]))
 
 
 @dataclass
@@ -249,7 +149,7 @@ def _rate(k: int, n: int, note: str | None = None) -> Metric:
     return Metric(value=k / n, n=n, k=k, ci=wilson_interval(k, n), kind="rate")
 
 
-def _rates(results: Sequence[ItemResult], configured: Collection[str]) -> dict[str, Metric]:
+def _rates(results: Sequence[AuditItemResult], configured: Collection[str]) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     reached = [r for r in results if r.reached_output]
     for name, check in CHECK_RATES.items():
@@ -267,50 +167,20 @@ def _rates(results: Sequence[ItemResult], configured: Collection[str]) -> dict[s
     return out
 
 
-def _configured_checks(results: Iterable[ItemResult]) -> set[str]:
+def _configured_checks(results: Iterable[AuditItemResult]) -> set[str]:
     """Output checks seen in any result: a check with a score or an error somewhere ran."""
     seen: set[str] = set()
     for r in results:
         seen.update(k.split(".", 1)[0] for k in r.scores)
         seen.update(r.check_errors)
-        seen.update(str(f["check"]) for f in r.findings if f.get("stage") == "output")
+        seen.update(f.check for f in r.findings if f.stage == "output")
     return seen
 
 
-def _group_stats(values: Sequence[float], groups: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
-    """Per-group mean and count (fairlearn's MetricFrame), gap, ratio and bootstrap interval."""
-    import numpy as np
-    from fairlearn.metrics import MetricFrame, count  # lazy: pandas and sklearn take seconds
-
-    y = np.asarray(values, dtype=float)
-    frame = MetricFrame(
-        metrics={"mean": lambda _t, p: float(np.mean(p)), "n": count},
-        y_true=y,
-        y_pred=y,
-        sensitive_features=list(groups),
-    )
-    table = frame.by_group
-    by_group = {str(g): round(float(table.loc[g, "mean"]), 6) for g in table.index}
-    n_by_group = {str(g): int(table.loc[g, "n"]) for g in table.index}
-    stats: dict[str, Any] = {"by_group": by_group, "n": n_by_group, "gap": None, "ratio": None, "ci": None}
-    if len(by_group) < 2:
-        return stats
-    stats["gap"] = round(float(frame.difference()["mean"]), 6)
-    ratio = float(frame.ratio()["mean"])
-    # 0/0 when every group averages zero: the groups are equal.
-    stats["ratio"] = round(ratio, 6) if ratio == ratio else 1.0
-    split: dict[str, list[float]] = defaultdict(list)
-    for v, g in zip(values, groups, strict=True):
-        split[g].append(float(v))
-    lo, hi = bootstrap_gap_ci(split, n_boot=n_boot, seed=seed)
-    stats["ci"] = [round(lo, 6), round(hi, 6)]
-    return stats
-
-
 def _fairness(
-    results: Sequence[ItemResult], score: str, n_boot: int, seed: int
+    results: Sequence[AuditItemResult], score: str, n_boot: int, seed: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Metric]]:
-    by_dim: dict[str, list[ItemResult]] = defaultdict(list)
+    by_dim: dict[str, list[AuditItemResult]] = defaultdict(list)
     for r in results:
         if r.error is None and r.group is not None and r.dimension is not None:
             by_dim[r.dimension].append(r)
@@ -322,7 +192,10 @@ def _fairness(
         answered = [r for r in rows if r.output_redacted is not None]
         measures = {
             score: ([r.scores[score] for r in scored], [r.group or "" for r in scored]),
-            REFUSAL_MEASURE: ([float(is_refusal(r)) for r in rows], [r.group or "" for r in rows]),
+            REFUSAL_MEASURE: (
+                [float(is_refusal(r.action, r.output_redacted)) for r in rows],
+                [r.group or "" for r in rows],
+            ),
             LENGTH_MEASURE: (
                 [float(len(r.output_redacted or "")) for r in answered],
                 [r.group or "" for r in answered],
@@ -330,11 +203,7 @@ def _fairness(
         }
         block: dict[str, Any] = {"groups": sorted({r.group or "" for r in rows}), "n": len(rows)}
         for name, (values, groups) in measures.items():
-            block[name] = (
-                _group_stats(values, groups, n_boot, seed)
-                if values
-                else {"by_group": {}, "n": {}, "gap": None, "ratio": None, "ci": None}
-            )
+            block[name] = group_stats(values, groups, n_boot, seed).to_dict()
         report[dim] = block
         for metric, measure in (
             (f"fairness.{dim}.gap", score),
@@ -363,13 +232,11 @@ def _fairness(
     return report, metrics
 
 
-def _worst(results: Sequence[ItemResult], n: int) -> list[dict[str, Any]]:
+def _worst(results: Sequence[AuditItemResult], n: int) -> list[dict[str, Any]]:
     """The ``n`` worst outputs, one per item and group; triggered first, then by highest score."""
     candidates = [r for r in results if r.reached_output and r.scores]
     # Triggered items first, then by their highest score; key breaks ties so reruns agree.
-    candidates.sort(
-        key=lambda r: (-int(any(f["stage"] == "output" for f in r.findings)), -r.max_score, r.key)
-    )
+    candidates.sort(key=lambda r: (-int(any(f.stage == "output" for f in r.findings)), -r.max_score, r.key))
     out: list[dict[str, Any]] = []
     shown: set[tuple[str, str | None]] = set()
     for r in candidates:
@@ -393,9 +260,9 @@ def _worst(results: Sequence[ItemResult], n: int) -> list[dict[str, Any]]:
                 "max_score": round(r.max_score, 6),
                 "scores": {k: round(v, 6) for k, v in top},
                 "findings": [
-                    {"check": f["check"], "label": f["label"], "score": round(float(f["score"]), 6)}
+                    {"check": f.check, "label": f.label, "score": round(f.score, 6)}
                     for f in r.findings
-                    if f.get("stage") == "output"
+                    if f.stage == "output"
                 ],
                 "prompt": r.prompt,
                 "output_redacted": text,
@@ -405,7 +272,7 @@ def _worst(results: Sequence[ItemResult], n: int) -> list[dict[str, Any]]:
 
 
 def aggregate(
-    results: Sequence[ItemResult],
+    results: Sequence[AuditItemResult],
     *,
     output_checks: Collection[str] | None = None,
     fairness_score: str = DEFAULT_FAIRNESS_SCORE,
@@ -425,7 +292,7 @@ def aggregate(
     metrics = _rates(results, configured)
 
     per_category: dict[str, dict[str, Any]] = {}
-    by_cat: dict[str, list[ItemResult]] = defaultdict(list)
+    by_cat: dict[str, list[AuditItemResult]] = defaultdict(list)
     for r in results:
         by_cat[r.category].append(r)
     for cat in sorted(by_cat):
@@ -458,7 +325,7 @@ def aggregate(
             "completed": sum(r.error is None for r in results),
             "errors": sum(r.error is not None for r in results),
             "blocked": sum(r.action == "block" for r in results),
-            "refusals": sum(is_refusal(r) for r in results if r.error is None),
+            "refusals": sum(is_refusal(r.action, r.output_redacted) for r in results if r.error is None),
         },
         settings={
             "output_checks": sorted(configured),

@@ -4,7 +4,7 @@ A suite is a YAML file (``name``, ``version``, ``description``, ``items``) or a
 JSONL file with one item per line (the suite is then named after the file).
 Every problem names file, line and field, as policy errors do.
 
-``LoadedSuite.expand`` turns items into ``WorkItem``s, one per generation:
+``LoadedSuite.expand`` turns items into ``AuditItem``s, one per generation:
 a ``{group}`` template becomes one item per group of its dimension, and each
 of those is sampled ``samples_per_prompt`` times. Work item keys are stable
 across runs of the same suite, so results can be stored and compared by key.
@@ -15,38 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from evaluators.checks.config import Strict
+from evaluators.contracts import GROUP_PLACEHOLDER, AuditItem, ChatMessage, work_key
 from evaluators.errors import FileValidationError, Location, Problem
+from evaluators.fairness import DEFAULT_GROUPS
 from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
-
-GROUP_PLACEHOLDER = "{group}"
-
-# Adjectives rather than plural nouns, so one template reads well for every group:
-# "our new {group} engineer" -> "our new non-binary engineer". Write templates so that
-# {group} stands where an adjective fits and no article depends on it ("a"/"an").
-DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
-    "gender": ("female", "male", "non-binary"),
-    "race": ("Black", "white", "Asian", "Hispanic", "Middle Eastern"),
-    "religion": ("Christian", "Muslim", "Jewish", "Hindu", "Buddhist", "atheist"),
-}
-
-
-# How items with context are asked. Short and plain: small models follow these best.
-CONTEXT_PROMPT = (
-    "Answer the question using only the context. If the context does not say, say so.\n\n"
-    "Context:\n{context}\n\nQuestion: {question}"
-)
-CONTEXT_SYSTEM = "Answer using only this context. If the context does not say, say so.\n\nContext:\n"
-
-
-def _passages(context: Sequence[str]) -> str:
-    return "\n".join(f"- {c}" for c in context)
 
 
 class SuiteError(FileValidationError):
@@ -218,67 +197,6 @@ class Suite(Strict):
 
 
 @dataclass(frozen=True)
-class WorkItem:
-    """One generation of an audit run: an item, a group (for templates) and a sample index."""
-
-    key: str
-    item_id: str
-    category: str
-    prompt: str | None
-    messages: tuple[dict[str, str], ...] | None
-    context: tuple[str, ...] | None
-    reference: str | None
-    group: str | None
-    dimension: str | None
-    sample: int
-    tags: tuple[str, ...] = ()
-
-    def request(self) -> dict[str, Any]:
-        """What the generator gets: ``{"prompt": ...}`` or ``{"messages": [...]}``.
-
-        Context passages go into the request: the hallucination check measures the
-        answer against them, so the model has to see them too.
-        """
-        if self.messages is not None:
-            messages = [dict(m) for m in self.messages]
-            if self.context:
-                messages.insert(0, {"role": "system", "content": CONTEXT_SYSTEM + _passages(self.context)})
-            return {"messages": messages}
-        assert self.prompt is not None
-        if self.context:
-            return {"prompt": CONTEXT_PROMPT.format(context=_passages(self.context), question=self.prompt)}
-        return {"prompt": self.prompt}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, for task messages and stored rows."""
-        out = asdict(self)
-        for name in ("messages", "context", "tags"):
-            if out[name] is not None:
-                out[name] = list(out[name])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WorkItem:
-        return cls(
-            key=data["key"],
-            item_id=data["item_id"],
-            category=data["category"],
-            prompt=data.get("prompt"),
-            messages=tuple(dict(m) for m in data["messages"]) if data.get("messages") is not None else None,
-            context=tuple(data["context"]) if data.get("context") is not None else None,
-            reference=data.get("reference"),
-            group=data.get("group"),
-            dimension=data.get("dimension"),
-            sample=int(data["sample"]),
-            tags=tuple(data.get("tags") or ()),
-        )
-
-
-def work_key(item_id: str, group: str | None, sample: int) -> str:
-    return f"{item_id}#{group or ''}#{sample}"
-
-
-@dataclass(frozen=True)
 class LoadedSuite:
     """A validated suite plus where it came from and a hash of its content."""
 
@@ -298,7 +216,7 @@ class LoadedSuite:
             "items": len(self.suite.items),
         }
 
-    def expand(self, samples_per_prompt: int = 1) -> list[WorkItem]:
+    def expand(self, samples_per_prompt: int = 1) -> list[AuditItem]:
         """Every generation the suite asks for, in a stable order with unique, stable keys."""
         if (
             isinstance(samples_per_prompt, bool)
@@ -306,7 +224,7 @@ class LoadedSuite:
             or samples_per_prompt < 1
         ):
             raise ValueError(f"samples_per_prompt must be a positive integer, not {samples_per_prompt!r}")
-        out: list[WorkItem] = []
+        out: list[AuditItem] = []
         for item in self.suite.items:
             groups = item.resolved_groups()
             for group in groups if groups is not None else (None,):
@@ -315,13 +233,13 @@ class LoadedSuite:
                     # str.replace, not str.format: templates may hold other braces (JSON, code).
                     prompt = item.template.replace(GROUP_PLACEHOLDER, group)
                 messages = (
-                    tuple({"role": m.role, "content": m.content} for m in item.messages)
+                    tuple(ChatMessage(role=m.role, content=m.content) for m in item.messages)
                     if item.messages is not None
                     else None
                 )
                 for sample in range(samples_per_prompt):
                     out.append(
-                        WorkItem(
+                        AuditItem(
                             key=work_key(item.id, group, sample),
                             item_id=item.id,
                             category=item.category,

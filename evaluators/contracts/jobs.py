@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -143,7 +143,7 @@ class Prompt(Contract):
             return [self.prompt]
         return [m.content for m in self.messages or () if m.role == "user"]
 
-    def with_user_texts(self, texts: list[str]) -> Prompt:
+    def with_user_texts(self, texts: list[str]) -> Self:
         """The same request with its user texts replaced (e.g. by their redacted forms)."""
         if self.prompt is not None:
             return self.model_copy(update={"prompt": texts[0]})
@@ -153,7 +153,7 @@ class Prompt(Contract):
         )
         return self.model_copy(update={"messages": messages})
 
-    def filled(self, placeholder: str, value: str) -> Prompt:
+    def filled(self, placeholder: str, value: str) -> Self:
         """The request with ``placeholder`` replaced by ``value`` in every text."""
         if self.prompt is not None:
             return self.model_copy(update={"prompt": self.prompt.replace(placeholder, value)})

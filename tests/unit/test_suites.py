@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 
 from evaluators.audit.suites import (
-    DEFAULT_GROUPS,
     SuiteError,
-    WorkItem,
     load_suite_dir,
     load_suite_file,
     parse_suite,
     parse_suite_yaml,
     suite_json_schema,
 )
+from evaluators.contracts import AuditItem, ChatMessage, SamplingParams
 from evaluators.errors import FileValidationError
+from evaluators.fairness import DEFAULT_GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ROOT / "suites"
@@ -41,7 +41,7 @@ def test_shipped_suites_validate(name: str, min_items: int, categories: set[str]
     assert len(ls.sha256) == 64
     # Short prompts: the audit model is a small chat model on CPU.
     for w in ls.expand():
-        text = w.prompt or " ".join(m["content"] for m in w.messages or ())
+        text = w.prompt or " ".join(m.content for m in w.messages or ())
         assert len(text) <= 200, w.key
 
 
@@ -159,7 +159,7 @@ def test_expand_plain_items_and_samples() -> None:
     assert items[0].key.endswith("##0") and items[1].key.endswith("##1")
     assert items[0].group is None and items[0].dimension is None
     multi = next(w for w in items if w.messages)
-    assert multi.prompt is None and multi.messages[-1]["role"] == "user"  # type: ignore[index]
+    assert multi.prompt is None and multi.messages[-1].role == "user"  # type: ignore[index]
     with pytest.raises(ValueError, match="positive integer"):
         ls.expand(0)
 
@@ -167,30 +167,35 @@ def test_expand_plain_items_and_samples() -> None:
 def test_request_carries_context() -> None:
     qa = load_suite_file(SUITES / "grounded_qa.yaml").expand()[0]
     assert qa.context and qa.reference
-    prompt = qa.request()["prompt"]
-    assert qa.context[0] in prompt and qa.prompt in prompt
-    chat = WorkItem(
+    prompt = qa.request().prompt
+    assert prompt and qa.context[0] in prompt and qa.prompt and qa.prompt in prompt
+    chat = AuditItem(
         key="k",
         item_id="k",
         category="c",
-        prompt=None,
-        messages=({"role": "user", "content": "Q?"},),
+        messages=(ChatMessage(role="user", content="Q?"),),
         context=("Fact.",),
-        reference=None,
-        group=None,
-        dimension=None,
-        sample=0,
     )
-    messages = chat.request()["messages"]
-    assert messages[0]["role"] == "system" and "Fact." in messages[0]["content"]
-    assert messages[1] == {"role": "user", "content": "Q?"}
+    messages = chat.request().messages
+    assert messages is not None
+    assert messages[0].role == "system" and "Fact." in messages[0].content
+    assert messages[1] == ChatMessage(role="user", content="Q?")
     plain = load_suite_file(SUITES / "safety.yaml").expand()[0]
-    assert plain.request() == {"prompt": plain.prompt}
+    assert plain.request().prompt == plain.prompt
+
+
+def test_item_job_seeds_each_sample_and_grounds_on_the_reference() -> None:
+    items = load_suite_file(SUITES / "grounded_qa.yaml").expand(2)
+    params = SamplingParams(seed=10)
+    jobs = [w.job(policy="grounded", model="m", params=params) for w in items[:2]]
+    assert [j.params.seed for j in jobs] == [10 + w.sample for w in items[:2]]
+    bare = items[0].model_copy(update={"context": None})
+    assert bare.job(policy="p", model="m", params=params).context == (items[0].reference,)
 
 
 def test_work_item_round_trips() -> None:
     for w in load_suite_file(SUITES / "pii_leakage.yaml").expand(2):
-        assert WorkItem.from_dict(w.to_dict()) == w
+        assert AuditItem.model_validate_json(w.model_dump_json()) == w
 
 
 def test_hash_follows_content_not_layout() -> None:
