@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from evaluators.contracts.base import Contract
 from evaluators.contracts.jobs import ChatMessage, GenerationJob, Prompt, SamplingParams
-from evaluators.contracts.results import SpanRecord
+from evaluators.contracts.results import ModelInfo, SpanRecord
 from evaluators.findings import Action
 
 # How items with context are asked. Short and plain: small models follow these best.
@@ -132,3 +134,44 @@ class AuditItemResult(Contract):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class Status(StrEnum):
+    """Lifecycle of a job or an audit run."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class AuditRun(Contract):
+    """An audit run as stored: what it runs (suite, policy, model, parameters) and where it stands."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
+
+    id: str
+    status: Status
+    suite_name: str
+    suite_sha256: str
+    suite: dict[str, Any] = Field(description="The suite document, as validated when the run was created.")
+    model: str
+    queue: str
+    policy_name: str
+    policy_sha256: str
+    params: SamplingParams
+    samples_per_prompt: int
+    total: int = Field(description="Work items the run expands to.")
+    model_info: ModelInfo | None = Field(default=None, description="The model as the worker reported it.")
+    report: dict[str, Any] | None = Field(
+        default=None, description="The final run record (report.schema.json), once finished."
+    )
+    error: dict[str, Any] | None = None
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
