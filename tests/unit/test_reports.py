@@ -16,19 +16,14 @@ from typing import Any
 
 import pytest
 
-from evaluators.aggregate import ItemResult, aggregate, is_refusal, report_safe_text
-from evaluators.gates import evaluate_gates
+from evaluators.audit.aggregate import ItemResult, aggregate, is_refusal, report_safe_text
+from evaluators.audit.compare import compare
+from evaluators.audit.gates import evaluate_gates
+from evaluators.audit.junit import render_junit
+from evaluators.audit.record import build_run_record, render_json, report_schema
+from evaluators.audit.render import render_compare_html, render_html
+from evaluators.audit.suites import LoadedSuite, WorkItem, load_suite_dir, parse_suite
 from evaluators.policy import load_policy_file
-from evaluators.suites import LoadedSuite, WorkItem, load_suite_dir, parse_suite
-from service.reports import (
-    build_run_record,
-    compare,
-    render_compare_html,
-    render_html,
-    render_json,
-    render_junit,
-    report_schema,
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 SSN = "078-05-1120"

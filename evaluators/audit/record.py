@@ -1,13 +1,15 @@
 """The audit run record: one plain dict every report renderer reads.
 
 Built where a run finishes (a worker) and stored with the run, so reports can
-be re-rendered later without models. Its shape is ``service/report.schema.json``;
-``service/reports.py`` renders it as JSON, HTML and JUnit.
+be re-rendered later without models. Its shape is ``report.schema.json`` beside
+this module (``report_schema()``); ``render.py`` and ``junit.py`` render it as
+HTML and JUnit, ``render_json`` as strict JSON.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -17,12 +19,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from evaluators.aggregate import AuditMetrics
-from evaluators.gates import GateResult, gate_warnings, verdict
-from evaluators.suites import LoadedSuite
+from evaluators.audit.aggregate import AuditMetrics
+from evaluators.audit.gates import GateResult, gate_warnings, verdict
+from evaluators.audit.suites import LoadedSuite
 
 SCHEMA_VERSION = "1"
-ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+# The repository root, where ``git rev-parse`` runs.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of the run record (shipped as package data)."""
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return schema
 
 
 # --------------------------------------------------------------------------- record
