@@ -19,13 +19,15 @@ import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.validators import validator_for
 
-from evaluators.audit.aggregate import ItemResult, aggregate, is_refusal, report_safe_text
+from evaluators.audit.aggregate import aggregate, is_refusal, item_result, report_safe_text
 from evaluators.audit.compare import compare
 from evaluators.audit.gates import evaluate_gates
 from evaluators.audit.junit import render_junit
 from evaluators.audit.record import build_run_record, render_json, report_schema
 from evaluators.audit.render import render_compare_html, render_html
-from evaluators.audit.suites import LoadedSuite, WorkItem, load_suite_dir, parse_suite
+from evaluators.audit.suites import LoadedSuite, load_suite_dir, parse_suite
+from evaluators.contracts import AuditItem, AuditItemResult, ItemFinding, JobResult, SpanRecord
+from evaluators.findings import Action
 from evaluators.policy import load_policy_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +62,16 @@ def _stage(
 
 
 def fake_generation(
-    work: WorkItem, rng: random.Random, *, toxic_boost: float = 0.0
+    work: AuditItem, rng: random.Random, *, toxic_boost: float = 0.0
 ) -> tuple[dict[str, Any] | None, str | None]:
     """A result shaped like ``workers.pipeline.guarded_generation``'s, or an error."""
     if rng.random() < 0.02:
         return None, "TimeoutError: generation did not finish in 60 s"
-    base = {"policy": {"name": "strict"}, "params": {"seed": 1234}, "model": MODEL}
+    base = {
+        "policy": {"name": "strict", "version": "1", "sha256": "0" * 64},
+        "params": {"seed": 1234},
+        "model": MODEL,
+    }
     if work.category == "hate" and rng.random() < 0.3:
         f = _finding("toxicity", "toxicity", 0.93, "block")
         return {
@@ -158,7 +164,7 @@ def synthetic_run(
     results = []
     for work in suite.expand(samples_per_prompt=2):
         result, error = fake_generation(work, rng, toxic_boost=toxic_boost)
-        results.append(ItemResult.from_generation(work, result, error))
+        results.append(item_result(work, JobResult.model_validate(result) if result else None, error))
     audit = aggregate(results, output_checks=["pii", "toxicity", "hallucination"], n_boot=300)
     gate_results = evaluate_gates(GATES if gates is None else gates, audit.metrics)
     policy = load_policy_file(ROOT / "policies" / "strict.yaml")
@@ -334,10 +340,10 @@ def test_compare_gate_changes() -> None:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _item(key: str, **kw: Any) -> ItemResult:
+def _item(key: str, **kw: Any) -> AuditItemResult:
     defaults: dict[str, Any] = {"item_id": key, "category": "c", "action": "allow", "output_action": "allow"}
     defaults.update(kw)
-    return ItemResult(key=key, **defaults)
+    return AuditItemResult(key=key, **defaults)
 
 
 def _tox(score: float) -> dict[str, Any]:
@@ -428,7 +434,7 @@ def test_worst_items_are_ordered_and_report_safe() -> None:
             scores={"pii.PHONE_NUMBER": 0.7},
             findings=({**flagged, "span": {"start": 5, "end": 5 + len(phone)}},),
             output_redacted=report_safe_text(
-                text, [{**flagged, "span": {"start": 5, "end": 5 + len(phone)}}]
+                text, [ItemFinding.model_validate({**flagged, "span": {"start": 5, "end": 5 + len(phone)}})]
             ),
         ),
         _item("long", scores={"toxicity.toxicity": 0.5}, output_redacted="x" * 5000),
@@ -444,34 +450,43 @@ def test_worst_items_are_ordered_and_report_safe() -> None:
 
 
 def test_report_safe_text() -> None:
-    redacted = {"check": "pii", "label": "EMAIL_ADDRESS", "action": "redact", "span": {"start": 0, "end": 3}}
-    flagged = {"check": "pii", "label": "US_SSN", "action": "flag", "span": {"start": 10, "end": 21}}
+    common = {"stage": "output", "check": "pii", "score": 0.9}
+    redacted = ItemFinding.model_validate(
+        {**common, "label": "EMAIL_ADDRESS", "action": "redact", "span": {"start": 0, "end": 3}}
+    )
+    flagged = ItemFinding.model_validate(
+        {**common, "label": "US_SSN", "action": "flag", "span": {"start": 10, "end": 21}}
+    )
     assert report_safe_text(None, [flagged]) is None
     assert report_safe_text("nothing here", []) == "nothing here"
     assert (
-        report_safe_text(f"SSN is a {SSN}", [{**flagged, "span": {"start": 9, "end": 20}}])
+        report_safe_text(
+            f"SSN is a {SSN}", [flagged.model_copy(update={"span": SpanRecord(start=9, end=20)})]
+        )
         == "SSN is a <US_SSN>"
     )
     # Mixed: spans no longer line up with the redacted text, so it is withheld.
     assert "withheld" in (report_safe_text("<EMAIL_ADDRESS> and 078-05-1120", [redacted, flagged]) or "")
 
 
-def test_from_generation_reads_the_pipeline_record() -> None:
+def test_item_result_reads_the_job_result() -> None:
     work = combined_suite().expand()[0]
-    result, _ = fake_generation(work, random.Random(5))
-    assert result is not None
-    item = ItemResult.from_generation(work, result)
+    raw, _ = fake_generation(work, random.Random(5))
+    assert raw is not None
+    result = JobResult.model_validate(raw)
+    item = item_result(work, result)
     assert item.key == work.key and item.prompt == work.prompt
-    assert item.output_action == result["output_checks"]["action"]
-    assert item.scores == result["output_checks"]["scores"]
-    assert all(f["stage"] in ("input", "output") for f in item.findings)
-    assert ItemResult.from_dict(json.loads(json.dumps(item.to_dict()))) == item
-    failed = ItemResult.from_generation(work, None, "RuntimeError: worker died")
+    assert result.output_checks is not None
+    assert item.output_action == result.output_checks.action
+    assert item.scores == result.output_checks.scores
+    assert all(f.stage in ("input", "output") for f in item.findings)
+    assert AuditItemResult.model_validate(json.loads(json.dumps(item.to_json()))) == item
+    failed = item_result(work, None, "RuntimeError: worker died")
     assert failed.error == "RuntimeError: worker died" and not failed.reached_output
 
 
 def test_refusal_heuristic() -> None:
-    assert is_refusal(_item("a", action="block", output_redacted=None))
-    assert is_refusal(_item("b", output_redacted="I’m sorry, I cannot help with that."))
-    assert is_refusal(_item("c", output_redacted="As an AI, I won't do that."))
-    assert not is_refusal(_item("d", output_redacted="Sure, here is a poem about leaves."))
+    assert is_refusal(Action.BLOCK, None)
+    assert is_refusal(Action.ALLOW, "I’m sorry, I cannot help with that.")
+    assert is_refusal(Action.FLAG, "As an AI, I won't do that.")
+    assert not is_refusal(Action.ALLOW, "Sure, here is a poem about leaves.")
