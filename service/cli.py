@@ -133,10 +133,14 @@ def _cmd_audit_report(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit thresholds on labelled examples; write a new policy version. Exit 1 when a target is missed."""
-    from evaluators import calibration
+    from evaluators.calibration.fitting import parse_target
+    from evaluators.calibration.labelled import read_labelled_csv
+    from evaluators.calibration.report import format_table
+    from evaluators.calibration.rewrite import default_output, write_calibrated
+    from evaluators.calibration.run import calibrate
     from evaluators.policy import PolicyStore, load_policy_dir, load_policy_file
 
-    target = calibration.parse_target(args.target)
+    target = parse_target(args.target)
     path = Path(args.policy)
     if path.suffix in (".yaml", ".yml") or path.exists():
         loaded = load_policy_file(path)
@@ -144,9 +148,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from service.settings import service_settings
 
         loaded = PolicyStore(load_policy_dir(service_settings().policy_dir)).get(args.policy)
-    data = calibration.read_labelled_csv(Path(args.data))
-    out = Path(args.out) if args.out else calibration.default_output(loaded.path)
-    result = calibration.calibrate(
+    data = read_labelled_csv(Path(args.data))
+    out = Path(args.out) if args.out else default_output(loaded.path)
+    result = calibrate(
         loaded,
         data,
         target,
@@ -155,8 +159,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=lambda msg: print(msg, file=sys.stderr),
     )
-    written = calibration.write_calibrated(result, out, version=args.version, overwrite=args.force)
-    print(calibration.format_table(result))
+    written = write_calibrated(result, out, version=args.version, overwrite=args.force)
+    print(format_table(result))
     print(
         f"wrote {out} (policy {written.name} {written.policy.version}, sha256 {written.sha256[:12]}); "
         f"it validates. Deploy it in place of {loaded.path}: one policy folder cannot hold two "

@@ -12,24 +12,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evaluators.calibration import (
-    CalibrationError,
-    LabelledDataError,
+from evaluators.calibration.errors import CalibrationError, LabelledDataError
+from evaluators.calibration.fields import threshold_fields
+from evaluators.calibration.fitting import (
     Target,
-    calibrate,
     compare_scaling,
     counts_at,
     fit_threshold,
-    format_table,
     held_out,
-    next_version,
     parse_target,
-    read_labelled_csv,
-    render_calibrated,
-    threshold_fields,
     wilson,
-    write_calibrated,
 )
+from evaluators.calibration.labelled import read_labelled_csv
+from evaluators.calibration.report import format_table
+from evaluators.calibration.rewrite import next_version, render_calibrated, write_calibrated
+from evaluators.calibration.run import calibrate
 from evaluators.checks.config import LabelRule
 from evaluators.engine import Decision
 from evaluators.errors import PolicyError
