@@ -44,6 +44,9 @@ def sample_prompts(domain: str, per_group: int, seed: int) -> dict[str, list[str
 
 
 def main() -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -162,6 +162,9 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated: begin,wice,mnli,fever")
     parser.add_argument("--limit", type=int, default=0, help="rows sampled per set (0: all)")

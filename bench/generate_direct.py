@@ -178,6 +178,9 @@ def measure_pruning(gen: Generator, batch: int, new_tokens: int) -> dict[str, An
 
 
 def main() -> None:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--new-tokens", type=int, default=64)

@@ -81,6 +81,9 @@ def prf(truth: Sequence[bool], pred: Sequence[bool]) -> tuple[float, float, floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=400, help="rows sampled at random (0: all 4,507)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")

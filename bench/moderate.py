@@ -73,7 +73,6 @@ def naive_app(checkpoint: str) -> Any:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-    import evaluators  # noqa: F401  (sets the offline environment)
     from evaluators.checks.toxicity import _checkpoint_source
 
     provider = NlpEngineProvider(
@@ -158,6 +157,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) ->
 
 
 def main() -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -261,6 +261,9 @@ def _overall(stats: Stats) -> tuple[Tally, Tally, int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--threshold", type=float, default=0.5, help="rule threshold (0..1)")
     parser.add_argument("--errors", type=int, default=0, help="print this many misses")

@@ -354,6 +354,9 @@ def _table(figures: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--limit", type=int, default=None, help="score a seeded sample of N NER texts")
     parser.add_argument("--threshold", type=float, default=0.6, help="rule threshold for the NER types")

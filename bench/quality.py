@@ -232,6 +232,9 @@ def print_toxicity(res: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="toxicity,hallucination,pii")
     parser.add_argument("--json", default=None, help="also write every figure to this file")

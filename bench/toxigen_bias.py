@@ -94,6 +94,9 @@ def share(values: Sequence[bool]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     add_scorer_args(parser, "statements per check.evaluate call")
     parser.add_argument("--data", type=Path, default=DATA, help="toxigen_demonstrations.csv")

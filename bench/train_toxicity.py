@@ -243,6 +243,9 @@ def print_report(train_report: Any, ev: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder to write")
     parser.add_argument("--max-rows", type=int, default=3000, help="training rows used (cap)")

@@ -76,6 +76,9 @@ def mean(values: Sequence[float]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evaluators.runtime import configure_process
+
+    configure_process()  # offline, before any model library is imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--examples", type=int, default=5, help="print this many flagged sentences")
     add_scorer_args(parser, "sentences per check.evaluate call")

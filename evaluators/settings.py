@@ -1,86 +1,125 @@
-"""Settings read from the environment once, as typed dataclasses.
+"""Settings read from ``ASSAY_*`` environment variables, typed and validated by pydantic-settings.
 
-Every layer (evaluators, workers, service) has its own dataclass; this module
-holds the shared parsing helpers and the evaluators' own settings.
+Every layer (evaluators, workers, service) has its own settings class, and
+each variable feeds exactly one field of one class: ``ASSAY_DEVICE`` and
+``ASSAY_POLICY_DIR`` live here, and the workers and the API read them from
+here. This module also holds what the three classes share: the base class
+and the parse-once accessor.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
-from functools import lru_cache
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evaluators.errors import ConfigError
 
-T = TypeVar("T")
-
 # Where policies/, suites/ and the default caches live: the checkout, or
 # ASSAY_HOME when the package is installed elsewhere (the container images).
+# A constant, not a field: field defaults in every layer are built from it.
 PROJECT_ROOT = Path(os.environ.get("ASSAY_HOME") or Path(__file__).resolve().parent.parent)
 
+# A path from the environment; ``~`` expands as in a shell.
+UserPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 
-def _coerce(name: str, raw: str, kind: Any) -> Any:
-    origin = typing.get_origin(kind)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if raw == "":
-            return None
-        kind = args[0]
+
+class AssaySettings(BaseSettings):
+    """Base of every layer's settings: field ``x`` comes from ``ASSAY_X``, and values are immutable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASSAY_",
+        frozen=True,
+        # Field docstrings become the fields' descriptions.
+        use_attribute_docstrings=True,
+        # Fields such as model_dir are ours, not pydantic's model_* namespace.
+        protected_namespaces=(),
+    )
+
+
+S = TypeVar("S", bound=AssaySettings)
+
+
+class SettingsAccessor(Generic[S]):
+    """Parses one settings class from the environment on first call; later calls return the same object.
+
+    ``reset()`` makes the next call read the environment again; ``override()``
+    substitutes an object for the length of a ``with`` block. Both are for tests.
+    """
+
+    def __init__(self, cls: type[S]) -> None:
+        self.cls = cls
+        self._value: S | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> S:
+        with self._lock:
+            if self._value is None:
+                self._value = parse_settings(self.cls)
+            return self._value
+
+    def reset(self) -> None:
+        """Forget the parsed settings: the next call reads the environment again."""
+        with self._lock:
+            self._value = None
+
+    @contextmanager
+    def override(self, settings: S) -> Iterator[S]:
+        """Return ``settings`` from every call inside the block, then what was there before."""
+        with self._lock:
+            previous, self._value = self._value, settings
+        try:
+            yield settings
+        finally:
+            with self._lock:
+                self._value = previous
+
+
+def parse_settings(cls: type[S]) -> S:
+    """Build ``cls`` from the environment; an invalid value is a ``ConfigError`` naming its variable."""
     try:
-        if kind is bool:
-            if raw.lower() in {"1", "true", "yes", "on"}:
-                return True
-            if raw.lower() in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if kind is Path:
-            return Path(raw).expanduser()
-        if kind in (int, float, str):
-            return kind(raw)
-        if typing.get_origin(kind) is tuple:
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {kind}") from exc
-    raise ConfigError(f"unsupported settings type {kind!r} for {name}")
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = "; ".join(
+            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}={err['input']!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid environment setting: {problems}") from exc
 
 
-def from_env(cls: type[T], prefix: str = "ASSAY_") -> T:
-    """Build dataclass ``cls`` from ``{prefix}{FIELD}`` variables, falling back to defaults."""
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        env_name = f"{prefix}{field.name.upper()}"
-        raw = os.environ.get(env_name)
-        if raw is not None:
-            values[field.name] = _coerce(env_name, raw, hints[field.name])
-    return cls(**values)
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "assay"
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluatorSettings:
-    """Where the checks find their models and how they run them."""
+class EvaluatorSettings(AssaySettings):
+    """Where the checks find their models and policies, and how they run them."""
 
-    model_dir: Path = PROJECT_ROOT / ".cache" / "models"
+    model_dir: UserPath = PROJECT_ROOT / ".cache" / "models"
     """Folder for converted and trained models (ASSAY_MODEL_DIR)."""
 
+    policy_dir: UserPath = PROJECT_ROOT / "policies"
+    """Folder of policy YAML files; the API and the workers load the same ones (ASSAY_POLICY_DIR)."""
+
     device: str = "auto"
-    """Torch device for classifier checks: auto, cpu or cuda (ASSAY_DEVICE)."""
+    """Torch device for classifier checks and the generator: auto, cpu or cuda (ASSAY_DEVICE)."""
 
-    torch_threads: int = 0
-    """Intra-op threads for torch on CPU; 0 keeps torch's default (ASSAY_TORCH_THREADS)."""
+    torch_threads: int = Field(default=0, ge=0)
+    """Intra-op threads for torch on CPU; 0 keeps the process's default (ASSAY_TORCH_THREADS)."""
 
-    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "assay"
+    cache_dir: UserPath = Field(default_factory=_default_cache_dir)
     """Build cache shared by every checkout on this machine: trained default models live here,
     keyed by a hash of their data, code and configuration (ASSAY_CACHE_DIR)."""
 
 
-@lru_cache(maxsize=1)
-def evaluator_settings() -> EvaluatorSettings:
-    """The evaluators' settings, read once per process."""
-    return from_env(EvaluatorSettings)
+evaluator_settings = SettingsAccessor(EvaluatorSettings)
+"""The evaluators' settings, parsed once per process."""
 
 
 def resolve_device(device: str) -> str:

@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from evaluators.runtime import configure_process
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.audits import AuditController
 from service.routes.generation import GenerationController
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: ServiceSettings | None = None) -> Litestar:
     """Build the app; a broken policy or a missing model raises at startup."""
+    # Before the lifespan loads any model (uvicorn may call this factory without the CLI).
+    configure_process()
     settings = settings or service_settings()
 
     @asynccontextmanager

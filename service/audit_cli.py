@@ -68,13 +68,14 @@ def run_remote(server: str, body: dict[str, Any], out: Path, poll_s: float = 1.0
 def run_embedded(body: dict[str, Any], out: Path) -> int:
     """Run the audit in this process on the local store, chunk by chunk."""
     from evaluators.policy import PolicyStore, load_policy_dir
+    from evaluators.settings import evaluator_settings
     from service.routes.audits import load_suite
     from workers.audit import audit_store, chunks, create_run, maybe_finalize, run_chunk, work_items
     from workers.params import resolve_params
     from workers.settings import worker_settings
 
     settings = worker_settings()
-    lp = PolicyStore(load_policy_dir(settings.policy_dir)).get(body["policy"])
+    lp = PolicyStore(load_policy_dir(evaluator_settings().policy_dir)).get(body["policy"])
     suite = load_suite(body["suite"])
     samples = int(body.get("samples_per_prompt", 1))
     model = body.get("model") or settings.default_model

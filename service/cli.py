@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evaluators.errors import AssayError, FileValidationError
+from evaluators.runtime import configure_process
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -145,9 +146,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if path.suffix in (".yaml", ".yml") or path.exists():
         loaded = load_policy_file(path)
     else:
-        from service.settings import service_settings
+        from evaluators.settings import evaluator_settings
 
-        loaded = PolicyStore(load_policy_dir(service_settings().policy_dir)).get(args.policy)
+        loaded = PolicyStore(load_policy_dir(evaluator_settings().policy_dir)).get(args.policy)
     data = read_labelled_csv(Path(args.data))
     out = Path(args.out) if args.out else default_output(loaded.path)
     result = calibrate(
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Offline and threading defaults, before any command imports a model library.
+    configure_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

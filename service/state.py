@@ -13,7 +13,7 @@ from typing import Any, cast
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
-from evaluators.settings import apply_torch_threads
+from evaluators.settings import apply_torch_threads, evaluator_settings
 from service.batching import MicroBatcher
 from service.settings import ServiceSettings
 from workers.embedded import EmbeddedWorker
@@ -80,7 +80,7 @@ class AppState:
         Raises ``PolicyError`` (file, line, field) so a broken policy stops startup.
         """
         apply_torch_threads()
-        policies = PolicyStore(load_policy_dir(settings.policy_dir))
+        policies = PolicyStore(load_policy_dir(evaluator_settings().policy_dir))
         started = time.perf_counter()
         engines = {lp.name: PolicyEngine.build(lp) for lp in policies}
         log.info(

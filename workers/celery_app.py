@@ -3,16 +3,26 @@
 ``celery -A workers.celery_app worker --pool threads -Q cpu`` runs a worker.
 The threads pool matters: concurrent jobs in one process share the batched
 generator, so sixteen jobs become one ``generate`` call, not sixteen.
+
+There is no result backend: a job's outcome is recorded in the job store,
+which is what the API reads, so tasks write nothing back to the broker.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
+from evaluators.runtime import configure_process
 from workers.settings import WorkerSettings, worker_settings
+
+
+def _broker_folders(data_dir: Path) -> dict[str, Path]:
+    base = data_dir / "broker"
+    return {"queue": base / "queue", "processed": base / "processed", "control": base / "control"}
 
 
 def _broker(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
@@ -24,40 +34,42 @@ def _broker(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
         }
-    base = settings.data_dir / "broker"
-    for sub in ("queue", "processed", "control"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / "results").mkdir(parents=True, exist_ok=True)
+    folders = _broker_folders(settings.data_dir)
     return "filesystem://", {
         # One folder in and out: producer and consumer share it on this machine.
-        "data_folder_in": str(base / "queue"),
-        "data_folder_out": str(base / "queue"),
-        "control_folder": str(base / "control"),
-        "processed_folder": str(base / "processed"),
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "control_folder": str(folders["control"]),
+        "processed_folder": str(folders["processed"]),
         "store_processed": False,
         "polling_interval": 0.05,
     }
 
 
 def create_celery(settings: WorkerSettings | None = None) -> Celery:
+    """The Celery app; creating it configures the process (a worker's first step), connecting does not.
+
+    Embedded mode's broker folders are made on the app's first use (its
+    configuration is read lazily, when a task is sent or a worker starts).
+    """
+    # Before workers.tasks imports torch: the worker's entry point is this module.
+    configure_process()
     settings = settings or worker_settings()
     broker, transport_options = _broker(settings)
-    app = Celery("assay", broker=broker, backend=settings.resolved_result_backend())
+    app = Celery("assay", broker=broker)
     queues = [Queue(name, routing_key=name) for name in settings.queues()]
     app.conf.update(
         task_serializer="json",
-        result_serializer="json",
         accept_content=["json"],
-        result_accept_content=["json"],
+        # Outcomes go to the job store; Celery keeps no results.
+        task_ignore_result=True,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_queues=queues,
         task_default_queue=settings.default_queue,
-        task_track_started=True,
         # One job at a time per thread; the generator batches across threads.
         worker_prefetch_multiplier=1,
         task_time_limit=settings.job_time_limit_s,
-        result_expires=24 * 3600,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -66,6 +78,15 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
             "audit-sweep": {"task": "assay.audit.sweep", "schedule": 60.0},
         },
     )
+    if settings.embedded:
+        folders = _broker_folders(settings.data_dir)
+
+        def make_broker_folders(**_: Any) -> None:
+            for folder in folders.values():
+                folder.mkdir(parents=True, exist_ok=True)
+
+        # weak=False: the handler is a closure nothing else holds.
+        app.on_after_configure.connect(make_broker_folders, weak=False)
     return app
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from evaluators.settings import evaluator_settings
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class EmbeddedWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # The child reads the same folders as this process, even where they came from code, not env.
         env = dict(os.environ)
         env.setdefault("ASSAY_DATA_DIR", str(self.settings.data_dir))
-        env.setdefault("ASSAY_POLICY_DIR", str(self.settings.policy_dir))
+        env.setdefault("ASSAY_POLICY_DIR", str(evaluator_settings().policy_dir))
         self.process = subprocess.Popen(
             worker_command(self.settings.queues(), concurrency=self.settings.worker_concurrency),
             env=env,

@@ -7,6 +7,7 @@ by the policy's output checks before anyone sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ _engines_lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def worker_policies() -> PolicyStore:
-    return PolicyStore(load_policy_dir(worker_settings().policy_dir))
+    return PolicyStore(load_policy_dir(evaluator_settings().policy_dir))
 
 
 def engine_for(name: str) -> PolicyEngine:
@@ -81,7 +82,9 @@ def _stage_block(decisions: list[Decision]) -> dict[str, Any]:
 
 
 def generator_options(settings: WorkerSettings) -> GeneratorOptions:
-    return GeneratorOptions.from_settings(settings)
+    # ASSAY_DEVICE is one setting, the evaluators': the generator runs where the checks run.
+    options = GeneratorOptions.from_settings(settings)
+    return dataclasses.replace(options, device=evaluator_settings().device)
 
 
 def guarded_generation(payload: dict[str, Any], settings: WorkerSettings | None = None) -> dict[str, Any]:

@@ -1,44 +1,40 @@
-"""Worker-side settings (Celery, generation, job store), from ``ASSAY_*`` variables once."""
+"""Worker-side settings (Celery, generation, job store), from ``ASSAY_*`` variables once per process.
+
+The device and the policy folder are the evaluators' settings
+(``evaluators.settings``): one variable, one field.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from functools import lru_cache
-from pathlib import Path
+from typing import Annotated, Any
 
-from evaluators.settings import PROJECT_ROOT, from_env
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from evaluators.settings import PROJECT_ROOT, AssaySettings, SettingsAccessor, UserPath
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(AssaySettings):
     """How jobs are queued, run and recorded."""
 
     broker_url: str = ""
     """Celery broker; empty means embedded: kombu's filesystem transport (ASSAY_BROKER_URL)."""
 
-    result_backend: str = ""
-    """Celery results; empty: the broker's Redis (db 1), or files when embedded (ASSAY_RESULT_BACKEND)."""
-
     database_url: str = ""
     """SQLAlchemy URL of the job store. Empty: SQLite under data_dir (ASSAY_DATABASE_URL)."""
 
-    data_dir: Path = PROJECT_ROOT / "var"
-    """Folder for embedded-mode state: broker files, results, the SQLite store (ASSAY_DATA_DIR)."""
-
-    policy_dir: Path = PROJECT_ROOT / "policies"
-    """Policies the workers load; must match the API's (ASSAY_POLICY_DIR)."""
+    data_dir: UserPath = PROJECT_ROOT / "var"
+    """Folder for embedded-mode state: broker files and the SQLite store (ASSAY_DATA_DIR)."""
 
     default_model: str = "smollm2"
     """Model used when a request names none (ASSAY_DEFAULT_MODEL)."""
 
-    model_queues: tuple[str, ...] = ()
+    # NoDecode: the variable is 'a=b,c=d', not JSON.
+    model_queues: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     """Routing as MODEL=QUEUE pairs, comma-separated, e.g. 'llama-8b=gpu' (ASSAY_MODEL_QUEUES)."""
 
-    default_queue: str = "cpu"
+    default_queue: str = Field(default="cpu", min_length=1)
     """Queue for models not named in model_queues (ASSAY_DEFAULT_QUEUE)."""
-
-    device: str = "auto"
-    """Generator device: auto, cpu or cuda (ASSAY_DEVICE)."""
 
     dtype: str = "auto"
     """Generator dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (ASSAY_DTYPE)."""
@@ -52,59 +48,57 @@ class WorkerSettings:
     compile: bool = False
     """torch.compile the decoder (ASSAY_COMPILE)."""
 
-    max_batch_size: int = 16
+    max_batch_size: int = Field(default=16, ge=1)
     """Most generation rows in one batched forward pass (ASSAY_MAX_BATCH_SIZE)."""
 
-    batch_wait_ms: float = 10.0
+    batch_wait_ms: float = Field(default=10.0, ge=0)
     """How long the generator waits to gather concurrent jobs into a batch (ASSAY_BATCH_WAIT_MS)."""
 
-    worker_concurrency: int = 16
+    worker_concurrency: int = Field(default=16, ge=1)
     """Threads per worker process; concurrent jobs share batched generate calls (ASSAY_WORKER_CONCURRENCY)."""
 
-    audit_chunk_size: int = 8
+    audit_chunk_size: int = Field(default=8, ge=1)
     """Audit items per chunk task; sized for one batched decode (ASSAY_AUDIT_CHUNK_SIZE)."""
 
-    audit_stalled_after_s: float = 300.0
+    audit_stalled_after_s: float = Field(default=300.0, gt=0)
     """Audits with no new result for this long get missing items re-sent (ASSAY_AUDIT_STALLED_AFTER_S)."""
 
-    visibility_timeout_s: int = 3600
+    visibility_timeout_s: int = Field(default=3600, gt=0)
     """Redis: a vanished worker's unacked jobs are redelivered after this (ASSAY_VISIBILITY_TIMEOUT_S)."""
 
-    job_time_limit_s: int = 600
+    job_time_limit_s: int = Field(default=600, gt=0)
     """Hard time limit of one generation job (ASSAY_JOB_TIME_LIMIT_S)."""
+
+    @field_validator("model_queues", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        routes: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            name, _, queue = (s.strip() for s in pair.partition("="))
+            if not name or not queue:
+                raise ValueError(f"{pair!r} is not MODEL=QUEUE")
+            if name in routes:
+                raise ValueError(f"model {name!r} is routed twice")
+            routes[name] = queue
+        return routes
 
     @property
     def embedded(self) -> bool:
         return not self.broker_url
 
     def queue_for(self, model: str) -> str:
-        for pair in self.model_queues:
-            name, _, queue = pair.partition("=")
-            if name.strip() == model and queue.strip():
-                return queue.strip()
-        return self.default_queue
+        return self.model_queues.get(model, self.default_queue)
 
     def queues(self) -> list[str]:
-        named = {p.partition("=")[2].strip() for p in self.model_queues if "=" in p}
-        return sorted({self.default_queue, *named} - {""})
+        return sorted({self.default_queue, *self.model_queues.values()})
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'assay.db'}"
 
-    def resolved_result_backend(self) -> str:
-        if self.result_backend:
-            return self.result_backend
-        if self.embedded:
-            return f"file://{self.data_dir / 'results'}"
-        if self.broker_url.startswith("redis"):
-            base = self.broker_url.rsplit("/", 1)[0] if self.broker_url.count("/") > 2 else self.broker_url
-            return f"{base}/1"
-        return "rpc://"
 
-
-@lru_cache(maxsize=1)
-def worker_settings() -> WorkerSettings:
-    """Worker settings, read once per process."""
-    return from_env(WorkerSettings)
+worker_settings = SettingsAccessor(WorkerSettings)
+"""Worker settings, parsed once per process."""

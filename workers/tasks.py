@@ -27,7 +27,7 @@ def _store() -> Any:
     return job_store(worker_settings().resolved_database_url())
 
 
-@app.task(name="assay.generate", acks_late=True, reject_on_worker_lost=True, ignore_result=False)
+@app.task(name="assay.generate", acks_late=True, reject_on_worker_lost=True)
 def generate(payload: dict[str, Any]) -> dict[str, Any]:
     job_id = str(payload["job_id"])
     store = _store()

@@ -207,11 +207,6 @@ def offline_tldextract() -> None:
     tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls = ()
 
 
-# Set at import: presidio imports tldextract, and this module is imported
-# (through the registry) before any presidio import in Assay.
-os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
-
-
 class PiiEntityRule(Strict):
     """Threshold, action and redaction style for one PII entity type."""
 

@@ -41,12 +41,12 @@ def recipe(**config: Any) -> Recipe:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ASSAY_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ASSAY_MODEL_DIR", str(tmp_path / "models"))
-    evaluator_settings.cache_clear()
+    evaluator_settings.reset()
     (tmp_path / "data" / "toy").mkdir(parents=True)
     (tmp_path / "data" / "toy" / "rows.txt").write_text("a,b\n")
     CALLS.clear()
     yield tmp_path
-    evaluator_settings.cache_clear()
+    evaluator_settings.reset()
 
 
 def test_key_changes_with_data_config_and_code(env: Path) -> None:

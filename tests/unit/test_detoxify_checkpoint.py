@@ -178,14 +178,14 @@ def test_relative_checkpoint_resolves_in_model_dir(
     _, out, _ = trained
     shutil.copytree(out, tmp_path / "local-tox")
     monkeypatch.setenv("ASSAY_MODEL_DIR", str(tmp_path))
-    evaluator_settings.cache_clear()
+    evaluator_settings.reset()
     try:
         check = _check("local-tox")
         check.load()
         assert check.engines == ["detoxify:local-tox"]
     finally:
         monkeypatch.delenv("ASSAY_MODEL_DIR")
-        evaluator_settings.cache_clear()
+        evaluator_settings.reset()
 
 
 def test_missing_folder_names_field_and_command(tmp_path: Path) -> None:

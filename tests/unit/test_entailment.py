@@ -4,7 +4,6 @@ has not been built; ``make test`` builds it first)."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import random
@@ -118,17 +117,15 @@ def test_self_consistency_averages_the_best_entailment_over_samples(
         assert f.score == pytest.approx(0.5)
 
 
-def test_missing_default_model_names_the_build_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = dataclasses.replace(evaluator_settings(), model_dir=tmp_path / "models")
-    monkeypatch.setattr(hallucination, "evaluator_settings", lambda: settings)
-    with pytest.raises(ModelMissingError, match="run `assay models build`") as err:
-        resolve_nli_folder("nli-minilm")
-    assert err.value.extra["field"] == "nli_model"
-    # Any other name is not ours to build: the message says what to put there instead.
-    with pytest.raises(ModelMissingError, match="sequence-classification model"):
-        resolve_nli_folder("my-own-nli")
+def test_missing_default_model_names_the_build_command(tmp_path: Path) -> None:
+    settings = evaluator_settings().model_copy(update={"model_dir": tmp_path / "models"})
+    with evaluator_settings.override(settings):
+        with pytest.raises(ModelMissingError, match="run `assay models build`") as err:
+            resolve_nli_folder("nli-minilm")
+        assert err.value.extra["field"] == "nli_model"
+        # Any other name is not ours to build: the message says what to put there instead.
+        with pytest.raises(ModelMissingError, match="sequence-classification model"):
+            resolve_nli_folder("my-own-nli")
 
 
 @pytest.mark.parametrize(
