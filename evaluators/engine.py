@@ -147,11 +147,6 @@ class PolicyEngine:
             out.extend(PolicyEngine._run_check(bound, [item]))
         return out
 
-    def load(self) -> None:
-        for bound in self._stages.values():
-            for b in bound:
-                b.check.load()
-
     def configs(self, stage: Stage) -> list[Any]:
         """The enabled check configs of ``stage``, in order."""
         return [b.config for b in self._stages[stage]]

@@ -13,32 +13,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from evaluators.errors import Overloaded
 
 I = TypeVar("I")  # noqa: E741 - item
 R = TypeVar("R")  # result
-
-
-@dataclass
-class BatchStats:
-    batches: int = 0
-    items: int = 0
-    largest: int = 0
-    sizes: list[int] = field(default_factory=list)
-
-    def record(self, n: int) -> None:
-        self.batches += 1
-        self.items += n
-        self.largest = max(self.largest, n)
-        if len(self.sizes) < 10_000:
-            self.sizes.append(n)
-
-    @property
-    def mean(self) -> float:
-        return self.items / self.batches if self.batches else 0.0
 
 
 class MicroBatcher(Generic[I, R]):
@@ -63,7 +43,6 @@ class MicroBatcher(Generic[I, R]):
         self._queues: dict[Hashable, asyncio.Queue[tuple[I, asyncio.Future[R]]]] = {}
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._pending = 0
-        self.stats = BatchStats()
 
     async def submit(self, key: Hashable, item: I) -> R:
         return (await self.submit_many(key, [item]))[0]
@@ -107,7 +86,6 @@ class MicroBatcher(Generic[I, R]):
             if not live:
                 continue
             items = [item for item, _ in live]
-            self.stats.record(len(items))
             try:
                 results = await loop.run_in_executor(self._executor, self._runner, key, items)
             except Exception as exc:

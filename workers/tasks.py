@@ -58,11 +58,6 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, "action": result["action"]}
 
 
-@app.task(name="assay.ping")
-def ping() -> str:
-    return "pong"
-
-
 @worker_ready.connect
 def _warm_up_in_background(sender: Any = None, **_: Any) -> None:
     # Load policies' models and the default generator once the worker is up,
