@@ -22,7 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import running_redis, start_stack  # noqa: E402
+from devstack.redis import running_redis  # noqa: E402
+from devstack.stack import start_stack  # noqa: E402
+from evaluators.runtime import configure_process  # noqa: E402
 
 TOPICS = ["rivers", "bread", "owls", "trains", "tea", "clouds", "chess", "bees", "glass", "maps",
           "volcanoes", "violins", "deserts", "kites", "coral", "comets", "bridges", "lanterns", "moss", "salt"]  # fmt: skip
@@ -78,6 +80,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
+    configure_process()  # offline, like every Assay entry point; the stack's processes inherit it
     with running_redis() as redis_url:
         one = run_once(redis_url, 1, args.items, args.tokens)
         two = run_once(redis_url, 2, args.items, args.tokens)

@@ -30,7 +30,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import free_port, running_redis  # noqa: E402
+from devstack.redis import free_port, running_redis  # noqa: E402
+from evaluators.runtime import configure_process  # noqa: E402
 from workers.embedded import worker_command  # noqa: E402
 
 PROMPTS = [
@@ -54,7 +55,6 @@ def naive(levels: list[int], tokens: int) -> dict[int, dict[str, float]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import evaluators  # noqa: F401  (offline environment)
     from evaluators.settings import evaluator_settings
     from workers.generation import resolve_model
 
@@ -168,6 +168,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    # Offline, before transformers loads here or in the processes started below.
+    configure_process()
 
     with running_redis() as redis_url:
         queued = through_queue(levels, args.tokens, redis_url)

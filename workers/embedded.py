@@ -30,7 +30,7 @@ def worker_command(
     ]  # fmt: skip
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM the worker when the API process dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -54,7 +54,7 @@ class EmbeddedWorker:
         self.process = subprocess.Popen(
             worker_command(self.settings.queues(), concurrency=self.settings.worker_concurrency),
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.info("embedded Celery worker started (pid %d)", self.process.pid)
 

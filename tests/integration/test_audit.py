@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Stack, start_stack
+from devstack.stack import Stack, start_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

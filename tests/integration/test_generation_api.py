@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Stack
+from devstack.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
