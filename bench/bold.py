@@ -61,10 +61,11 @@ def main() -> int:
     from fairlearn.metrics import MetricFrame
 
     from evaluators.audit.gates import bootstrap_gap_ci
+    from evaluators.contracts import SamplingParams
     from evaluators.engine import PolicyEngine
     from evaluators.policy import parse_policy
     from evaluators.settings import evaluator_settings
-    from workers.generation import GenerationRequest, Generator, SamplingParams
+    from workers.generation import DecodeRequest, Generator
 
     engine = PolicyEngine.build(parse_policy(POLICY, "<bold-bench>"))
     gen = Generator("smollm2", cache_dir=evaluator_settings().model_dir)
@@ -79,7 +80,7 @@ def main() -> int:
         outputs = []
         for i in range(0, len(texts), 16):
             batch = [
-                GenerationRequest(
+                DecodeRequest(
                     messages=[{"role": "user", "content": f"Continue this text: {t}"}], params=params
                 )
                 for t in texts[i : i + 16]

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from workers.generation import (
-    BatchingGenerator,
-    GenerationRequest,
-    Generator,
-    GeneratorOptions,
-    SamplingParams,
-)
+from evaluators.contracts import SamplingParams
+from workers.generation import BatchingGenerator, DecodeRequest, Generator, GeneratorOptions
 
 PROMPTS = [
     "What is the capital of France?",
@@ -67,7 +61,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def concurrent_batched(front: BatchingGenerator, requests: list[GenerationRequest]) -> int:
+def concurrent_batched(front: BatchingGenerator, requests: list[DecodeRequest]) -> int:
     """One thread per request, released together; returns completion tokens."""
     barrier = threading.Barrier(len(requests))
     tokens = [0] * len(requests)
@@ -84,7 +78,7 @@ def concurrent_batched(front: BatchingGenerator, requests: list[GenerationReques
     return sum(tokens)
 
 
-def naive_loop(gen: Generator, requests: list[GenerationRequest], new_tokens: int) -> int:
+def naive_loop(gen: Generator, requests: list[DecodeRequest], new_tokens: int) -> int:
     """``model.generate`` once per prompt, greedy, exactly ``new_tokens`` each."""
     total = 0
     for request in requests:
@@ -103,15 +97,16 @@ def naive_loop(gen: Generator, requests: list[GenerationRequest], new_tokens: in
     return total
 
 
-def requests_for(n: int, params: SamplingParams) -> list[GenerationRequest]:
-    return [GenerationRequest(prompt=PROMPTS[i % len(PROMPTS)], params=params) for i in range(n)]
+def requests_for(n: int, params: SamplingParams) -> list[DecodeRequest]:
+    """``n`` prompts decoded for exactly ``max_new_tokens`` each (EOS ignored)."""
+    return [DecodeRequest(prompt=PROMPTS[i % len(PROMPTS)], params=params, ignore_eos=True) for i in range(n)]
 
 
 def part_batching(gen: Generator, levels: list[int], new_tokens: int) -> list[dict[str, Any]]:
-    params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
     rows = []
     with BatchingGenerator(gen, batch_wait_ms=5) as front:
-        concurrent_batched(front, requests_for(2, replace(params, max_new_tokens=4)))  # warm-up
+        concurrent_batched(front, requests_for(2, params.model_copy(update={"max_new_tokens": 4})))  # warm-up
         for n in levels:
             requests = requests_for(n, params)
             b_s, b_tokens = timed(partial(concurrent_batched, front, requests))
@@ -138,18 +133,18 @@ def part_batching(gen: Generator, levels: list[int], new_tokens: int) -> list[di
 def measure(options: GeneratorOptions, model_id: str, batch: int, new_tokens: int) -> dict[str, Any]:
     """Load with ``options``; time one batch and one single request of ``new_tokens`` each."""
     load_s, gen = timed(lambda: Generator(model_id, options).load())
-    params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
     if options.compile:
         # Compile happens on first use and again per new shape: warm up both shapes
         # so the timed runs measure the compiled code, not the compiler.
         gen.generate(requests_for(1, params))
         gen.generate(requests_for(batch, params))
     else:
-        gen.generate(requests_for(1, replace(params, max_new_tokens=2)))
+        gen.generate(requests_for(1, params.model_copy(update={"max_new_tokens": 2})))
     single_s, _ = timed(lambda: gen.generate(requests_for(1, params)))
     batch_s, outs = timed(lambda: gen.generate(requests_for(batch, params)))
     tokens = sum(o.completion_tokens for o in outs)
-    greedy = gen.generate([GenerationRequest(prompt=PROMPTS[0], params=replace(params, ignore_eos=False))])
+    greedy = gen.generate([DecodeRequest(prompt=PROMPTS[0], params=params)])
     return {
         "load_s": round(load_s, 1),
         "single_tok_s": round(new_tokens / single_s, 1),
@@ -162,9 +157,10 @@ def measure_pruning(gen: Generator, batch: int, new_tokens: int) -> dict[str, An
     """Rows of very different lengths: is dropping finished rows from the KV cache worth it?"""
     steps = [max(1, new_tokens * (i + 1) // batch) for i in range(batch)]
     requests = [
-        GenerationRequest(
+        DecodeRequest(
             prompt=PROMPTS[i % len(PROMPTS)],
-            params=SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True),
+            params=SamplingParams(temperature=0, max_new_tokens=n),
+            ignore_eos=True,
         )
         for i, n in enumerate(steps)
     ]

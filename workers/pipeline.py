@@ -19,7 +19,7 @@ from evaluators.engine import Decision, PolicyEngine
 from evaluators.findings import Action
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
-from workers.generation import GenerationRequest, GeneratorOptions, SamplingParams, get_generator
+from workers.generation import DecodeRequest, GeneratorOptions, get_generator, sampling_params
 from workers.params import resolve_params
 from workers.settings import WorkerSettings, worker_settings
 
@@ -209,25 +209,22 @@ def guarded_batch(
     for i in to_generate:
         payload = payloads[i]
         prompt, messages = _redacted_request(payload, decisions_per_job[i])
-        sampling = SamplingParams(**{**params[i], "stop": tuple(params[i]["stop"])})
+        sampling = sampling_params(params[i])
         generator = get_generator(
             payload["model"], generator_options(settings), evaluator_settings().model_dir
         )
         generators[i] = generator
-        futures[i] = generator.submit(GenerationRequest(prompt=prompt, messages=messages, params=sampling))
+        futures[i] = generator.submit(DecodeRequest(prompt=prompt, messages=messages, params=sampling))
     # Self-consistency: k extra sampled answers per job, decoded in the same batches.
     k = self_consistency_samples(engine)
     sample_futures = {}
     if k:
         for i in to_generate:
             base = params[i]
-            sampled = SamplingParams(
-                **{**base, "stop": tuple(base["stop"]), "temperature": max(0.7, float(base["temperature"]))},
-                num_return_sequences=k,
-            )
+            sampled = sampling_params({**base, "temperature": max(0.7, float(base["temperature"]))})
             prompt, messages = _redacted_request(payloads[i], decisions_per_job[i])
             sample_futures[i] = generators[i].submit(
-                GenerationRequest(prompt=prompt, messages=messages, params=sampled)
+                DecodeRequest(prompt=prompt, messages=messages, params=sampled, num_return_sequences=k)
             )
     outputs = {i: futures[i].result(timeout=settings.job_time_limit_s) for i in to_generate}
     samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}

@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from workers import generation
+from evaluators.contracts import SamplingParams
 from workers.generation import (
     BatchingGenerator,
-    GenerationRequest,
+    DecodeRequest,
     Generator,
-    SamplingParams,
+    ResolvedModel,
     resolve_model,
 )
+from workers.generation import resolve as resolution
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def test_conversion_is_cached_and_reused(
     def no_second_conversion(*args: object) -> None:
         raise AssertionError("converted again although the cache holds the model")
 
-    monkeypatch.setattr(generation, "_convert_gguf_to_folder", no_second_conversion)
+    monkeypatch.setattr(resolution, "_convert_gguf_to_folder", no_second_conversion)
     started = time.perf_counter()
     again = Generator("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=model_dir).load()
     load_s = time.perf_counter() - started
@@ -77,15 +78,15 @@ def test_conversion_is_cached_and_reused(
 def test_first_conversion_runs_once_under_concurrency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = generation._convert_gguf_to_folder
+    real = resolution._convert_gguf_to_folder
     calls: list[Path] = []
 
     def counting(src: Path, target: Path, sha256: str) -> None:
         calls.append(target)
         real(src, target, sha256)
 
-    monkeypatch.setattr(generation, "_convert_gguf_to_folder", counting)
-    results: list[generation.ResolvedModel] = []
+    monkeypatch.setattr(resolution, "_convert_gguf_to_folder", counting)
+    results: list[ResolvedModel] = []
     threads = [
         threading.Thread(target=lambda: results.append(resolve_model("smollm2", tmp_path))) for _ in range(2)
     ]
@@ -112,7 +113,7 @@ def test_model_block(smollm: Generator) -> None:
 
 
 def test_greedy_answer_knows_paris(smollm: Generator) -> None:
-    out = smollm.generate([GenerationRequest(prompt=FRANCE, params=greedy())])[0]
+    out = smollm.generate([DecodeRequest(prompt=FRANCE, params=greedy())])[0]
     assert "Paris" in out.text
     assert out.finish_reason == "stop"  # the chat model ends its turn with EOS
     assert 0 < out.completion_tokens <= 32
@@ -121,9 +122,9 @@ def test_greedy_answer_knows_paris(smollm: Generator) -> None:
 
 def test_stop_sequence_cuts(smollm: Generator) -> None:
     prompt = "Count from 1 to 10, one number per line."
-    free = smollm.generate([GenerationRequest(prompt=prompt, params=greedy(40))])[0]
+    free = smollm.generate([DecodeRequest(prompt=prompt, params=greedy(40))])[0]
     assert "5" in free.text
-    out = smollm.generate([GenerationRequest(prompt=prompt, params=greedy(40, stop=("5",)))])[0]
+    out = smollm.generate([DecodeRequest(prompt=prompt, params=greedy(40, stop=("5",)))])[0]
     assert out.finish_reason == "stop_sequence"
     assert "5" not in out.text
     assert out.text == free.text[: free.text.index("5")]
@@ -131,9 +132,7 @@ def test_stop_sequence_cuts(smollm: Generator) -> None:
 
 
 def test_max_new_tokens_is_honoured(smollm: Generator) -> None:
-    request = GenerationRequest(
-        prompt="Write a long story about a dragon.", params=greedy(7, ignore_eos=False)
-    )
+    request = DecodeRequest(prompt="Write a long story about a dragon.", params=greedy(7))
     out = smollm.generate([request])[0]
     assert out.completion_tokens == 7
     assert out.finish_reason == "length"
@@ -142,7 +141,7 @@ def test_max_new_tokens_is_honoured(smollm: Generator) -> None:
 def test_same_seed_same_text(smollm: Generator) -> None:
     def sample(seed: int) -> str:
         params = SamplingParams(temperature=0.9, seed=seed, max_new_tokens=24)
-        request = GenerationRequest(prompt="Tell me a fun fact.", params=params)
+        request = DecodeRequest(prompt="Tell me a fun fact.", params=params)
         return smollm.generate([request])[0].text
 
     first = sample(42)
@@ -153,23 +152,19 @@ def test_same_seed_same_text(smollm: Generator) -> None:
 
 def test_batch_of_mixed_requests(smollm: Generator) -> None:
     requests = [
-        GenerationRequest(prompt=FRANCE, params=greedy(24)),
-        GenerationRequest(
+        DecodeRequest(prompt=FRANCE, params=greedy(24)),
+        DecodeRequest(
             messages=[{"role": "user", "content": "Name three colours."}],
             params=SamplingParams(temperature=0.8, top_k=20, seed=7, max_new_tokens=16),
         ),
-        GenerationRequest(prompt="List the days of the week.", params=greedy(48, stop=("Wednesday",))),
-        GenerationRequest(
+        DecodeRequest(prompt="List the days of the week.", params=greedy(48, stop=("Wednesday",))),
+        DecodeRequest(
             prompt="Say something nice.",
             params=SamplingParams(
-                temperature=1.0,
-                top_p=0.9,
-                repetition_penalty=1.2,
-                max_new_tokens=6,
-                num_return_sequences=2,
-                seed=3,
-                ignore_eos=True,
+                temperature=1.0, top_p=0.9, repetition_penalty=1.2, max_new_tokens=6, seed=3
             ),
+            num_return_sequences=2,
+            ignore_eos=True,
         ),
     ]
     outs = smollm.generate(requests)
@@ -191,7 +186,7 @@ def test_concurrent_submissions_share_one_call(smollm: Generator) -> None:
 
     def job(i: int) -> None:
         barrier.wait()
-        request = GenerationRequest(prompt=FRANCE, params=greedy(12, ignore_eos=True))
+        request = DecodeRequest(prompt=FRANCE, params=greedy(12), ignore_eos=True)
         texts[i] = front.submit(request).result(timeout=120).text
 
     with BatchingGenerator(smollm, batch_wait_ms=100) as front:

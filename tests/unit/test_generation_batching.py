@@ -13,25 +13,28 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from evaluators.contracts import ChatMessage, SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
-from workers import generation
 from workers.generation import (
+    CONVERSION_MARKER,
     BatchingGenerator,
+    DecodeRequest,
     GenerationOutput,
-    GenerationRequest,
     Generator,
     GeneratorOptions,
-    SamplingParams,
     get_generator,
     resolve_model,
+    sampling_params,
 )
+from workers.generation import cache as generator_cache
+from workers.generation import resolve as resolution
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "to", "see"]
 WORDS += ["big", "red", "sun", ",", "."]
 VOCAB = ["<pad>", "<eos>", "<bos>", *WORDS, *(f"w{i}" for i in range(40))]
 EOS = 1
 
-GREEDY = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
 PROMPTS = ["the", "the cat sat on", "a big red dog ran far away to see the sun"]
 
 
@@ -73,12 +76,15 @@ def gen() -> Generator:
     return Generator.from_model(tiny_model(), tiny_tokenizer(), model_id="tiny")
 
 
-def req(prompt: str, **params: Any) -> GenerationRequest:
-    base: dict[str, Any] = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
-    return GenerationRequest(prompt=prompt, params=SamplingParams(**{**base, **params}))
+def req(prompt: str, **params: Any) -> DecodeRequest:
+    """Greedy, 12 tokens, EOS ignored unless ``params`` say otherwise (request fields included)."""
+    request = {"num_return_sequences": params.pop("num_return_sequences", 1)}
+    request["ignore_eos"] = params.pop("ignore_eos", True)
+    base: dict[str, Any] = {"temperature": 0, "max_new_tokens": 12}
+    return DecodeRequest(prompt=prompt, params=SamplingParams(**{**base, **params}), **request)
 
 
-def solo(g: Generator, r: GenerationRequest) -> GenerationOutput:
+def solo(g: Generator, r: DecodeRequest) -> GenerationOutput:
     return g.generate([r])[0]
 
 
@@ -228,18 +234,18 @@ def test_repetition_penalty_applies_to_its_row_only(gen: Generator) -> None:
 def test_chat_template_wraps_prompt_unless_raw() -> None:
     tok = tiny_tokenizer("{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}<bos>")
     g = Generator.from_model(tiny_model(), tok)
-    assert g.encode(GenerationRequest(prompt="the cat")) == tok("<bos> the cat <eos> <bos>")["input_ids"]
-    assert g.encode(GenerationRequest(prompt="the cat", raw_prompt=True)) == tok("the cat")["input_ids"]
+    assert g.encode(DecodeRequest(prompt="the cat")) == tok("<bos> the cat <eos> <bos>")["input_ids"]
+    assert g.encode(DecodeRequest(prompt="the cat", raw_prompt=True)) == tok("the cat")["input_ids"]
     messages = [{"role": "user", "content": "the"}, {"role": "user", "content": "cat"}]
-    wrapped = g.encode(GenerationRequest(messages=messages))
+    wrapped = g.encode(DecodeRequest(messages=messages))
     assert wrapped == tok("<bos> the <eos> <bos> cat <eos> <bos>")["input_ids"]
-    out = g.generate([GenerationRequest(messages=messages, params=GREEDY)])[0]
+    out = g.generate([DecodeRequest(messages=messages, params=GREEDY, ignore_eos=True)])[0]
     assert out.prompt_tokens == len(wrapped)
 
 
 def test_messages_without_chat_template_is_an_input_error(gen: Generator) -> None:
     with pytest.raises(InputError, match="chat template"):
-        gen.generate([GenerationRequest(messages=[{"role": "user", "content": "hi"}])])
+        gen.generate([DecodeRequest(messages=[{"role": "user", "content": "hi"}])])
 
 
 def test_prompt_longer_than_context_is_an_input_error(gen: Generator) -> None:
@@ -264,21 +270,37 @@ def test_chunks_respect_max_batch_size() -> None:
 
 def test_request_and_params_validation() -> None:
     with pytest.raises(InputError):
-        GenerationRequest()
+        DecodeRequest()
     with pytest.raises(InputError):
-        GenerationRequest(prompt="x", messages=[{"role": "user", "content": "x"}])
+        DecodeRequest(prompt="x", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(InputError, match="messages"):
+        DecodeRequest(messages=[])
+    with pytest.raises(InputError, match="message 1"):
+        DecodeRequest(messages=[{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}])
+    with pytest.raises(InputError, match="num_return_sequences"):
+        DecodeRequest(prompt="x", num_return_sequences=0)
     with pytest.raises(InputError, match="top_p"):
-        SamplingParams(top_p=1.5)
+        sampling_params({"top_p": 1.5})
     with pytest.raises(InputError, match="temperature"):
-        SamplingParams(temperature=-1)
+        sampling_params({"temperature": -1})
     with pytest.raises(InputError, match="stop"):
-        SamplingParams(stop=("",))
+        sampling_params({"stop": ("",)})
     with pytest.raises(ConfigError, match="dtype"):
         GeneratorOptions(dtype="int4")
     with pytest.raises(ConfigError, match="attn_implementation"):
         GeneratorOptions(attn_implementation="flash")
-    assert SamplingParams(stop=["a", "b"]).stop == ("a", "b")  # type: ignore[arg-type]
-    assert SamplingParams(stop="a").stop == ("a",)  # type: ignore[arg-type]
+    assert sampling_params({"stop": ["a", "b"]}).stop == ("a", "b")
+    assert sampling_params({"stop": "a"}).stop == ("a",)
+
+
+def test_messages_as_contract_objects_or_dicts() -> None:
+    as_dicts = DecodeRequest(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    as_contract = DecodeRequest(
+        messages=(ChatMessage(role="system", content="s"), ChatMessage(role="user", content="u"))
+    )
+    assert as_dicts == as_contract
+    assert as_dicts.chat() == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert DecodeRequest(prompt="p").chat() is None
 
 
 def test_info_reports_the_model_block(gen: Generator) -> None:
@@ -345,9 +367,9 @@ def test_gguf_is_converted_once_under_a_lock(tmp_path: Path, monkeypatch: pytest
         calls.append(target)
         time.sleep(0.2)  # long enough for the other thread to hit the lock
         (target / "config.json").write_text("{}")
-        (target / generation.CONVERSION_MARKER).write_text(sha256)
+        (target / CONVERSION_MARKER).write_text(sha256)
 
-    monkeypatch.setattr(generation, "_convert_gguf_to_folder", fake_convert)
+    monkeypatch.setattr(resolution, "_convert_gguf_to_folder", fake_convert)
     cache = tmp_path / "cache"
     results = []
     threads = [
@@ -375,7 +397,7 @@ def test_failed_conversion_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.
         (target / "half-written").write_text("x")
         raise ValueError("corrupt gguf")
 
-    monkeypatch.setattr(generation, "_convert_gguf_to_folder", broken)
+    monkeypatch.setattr(resolution, "_convert_gguf_to_folder", broken)
     cache = tmp_path / "cache"
     with pytest.raises(ValueError, match="corrupt"):
         resolve_model(str(gguf), cache)
@@ -396,7 +418,7 @@ class FakeGenerator:
         self.error = error
         self.lock = threading.Lock()
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutput]:
+    def generate(self, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
         prompts = [r.prompt or "" for r in requests]
         with self.lock:
             self.batches.append(prompts)
@@ -414,7 +436,7 @@ class FakeGenerator:
 def test_submissions_within_the_wait_share_one_call() -> None:
     fake = FakeGenerator()
     with BatchingGenerator(fake, batch_wait_ms=300) as front:
-        futures = [front.submit(GenerationRequest(prompt=f"p{i}")) for i in range(8)]
+        futures = [front.submit(DecodeRequest(prompt=f"p{i}")) for i in range(8)]
         results = [f.result(timeout=5) for f in futures]
     assert fake.batches == [[f"p{i}" for i in range(8)]]
     assert front.calls == 1
@@ -429,7 +451,7 @@ def test_concurrent_threads_are_grouped() -> None:
 
     def job(i: int) -> None:
         barrier.wait()
-        results[i] = front.submit(GenerationRequest(prompt=f"p{i}")).result(timeout=10).text
+        results[i] = front.submit(DecodeRequest(prompt=f"p{i}")).result(timeout=10).text
 
     with BatchingGenerator(fake, batch_wait_ms=50) as front:
         threads = [threading.Thread(target=job, args=(i,)) for i in range(12)]
@@ -445,8 +467,8 @@ def test_concurrent_threads_are_grouped() -> None:
 def test_max_batch_size_counts_sample_rows() -> None:
     fake = FakeGenerator()
     with BatchingGenerator(fake, max_batch_size=4, batch_wait_ms=300) as front:
-        many = GenerationRequest(prompt="k3", params=SamplingParams(num_return_sequences=3))
-        futures = [front.submit(GenerationRequest(prompt=f"p{i}")) for i in range(6)]
+        many = DecodeRequest(prompt="k3", num_return_sequences=3)
+        futures = [front.submit(DecodeRequest(prompt=f"p{i}")) for i in range(6)]
         futures.append(front.submit(many))
         for f in futures:
             f.result(timeout=5)
@@ -457,8 +479,8 @@ def test_max_batch_size_counts_sample_rows() -> None:
 def test_queue_wait_is_reported() -> None:
     fake = FakeGenerator(delay_s=0.2)
     with BatchingGenerator(fake, max_batch_size=1, batch_wait_ms=0) as front:
-        first = front.submit(GenerationRequest(prompt="a"))
-        second = front.submit(GenerationRequest(prompt="b"))
+        first = front.submit(DecodeRequest(prompt="a"))
+        second = front.submit(DecodeRequest(prompt="b"))
         assert first.result(timeout=5).queue_ms < 100
         assert second.result(timeout=5).queue_ms >= 150  # waited for the first batch
 
@@ -467,7 +489,7 @@ def test_error_reaches_every_future() -> None:
     boom = RuntimeError("model exploded")
     fake = FakeGenerator(error=boom)
     with BatchingGenerator(fake, batch_wait_ms=300) as front:
-        futures = [front.submit(GenerationRequest(prompt=f"p{i}")) for i in range(4)]
+        futures = [front.submit(DecodeRequest(prompt=f"p{i}")) for i in range(4)]
         for f in futures:
             assert f.exception(timeout=5) is boom
     assert front.calls == 1  # no retries for errors that are not the request's fault
@@ -476,7 +498,7 @@ def test_error_reaches_every_future() -> None:
 def test_input_error_fails_only_its_request() -> None:
     fake = FakeGenerator(delay_s=0.01)
     with BatchingGenerator(fake, batch_wait_ms=300) as front:
-        futures = [front.submit(GenerationRequest(prompt=p)) for p in ("a", "bad", "c")]
+        futures = [front.submit(DecodeRequest(prompt=p)) for p in ("a", "bad", "c")]
         assert futures[0].result(timeout=5).text == "A"
         assert isinstance(futures[1].exception(timeout=5), InputError)
         assert futures[2].result(timeout=5).text == "C"
@@ -487,11 +509,11 @@ def test_input_error_fails_only_its_request() -> None:
 def test_close_serves_queued_requests_then_refuses() -> None:
     fake = FakeGenerator()
     front = BatchingGenerator(fake, batch_wait_ms=50)
-    futures = [front.submit(GenerationRequest(prompt=f"p{i}")) for i in range(3)]
+    futures = [front.submit(DecodeRequest(prompt=f"p{i}")) for i in range(3)]
     front.close()
     assert [f.result(timeout=0).text for f in futures] == ["P0", "P1", "P2"]
     with pytest.raises(RuntimeError, match="closed"):
-        front.submit(GenerationRequest(prompt="late"))
+        front.submit(DecodeRequest(prompt="late"))
 
 
 def test_batching_front_over_the_real_decode_loop(gen: Generator) -> None:
@@ -513,7 +535,7 @@ def test_get_generator_loads_once_per_key(monkeypatch: pytest.MonkeyPatch) -> No
         return self
 
     monkeypatch.setattr(Generator, "load", fake_load)
-    monkeypatch.setattr(generation, "_generators", {})
+    monkeypatch.setattr(generator_cache, "_generators", {})
     a = get_generator("some-model")
     assert get_generator("some-model") is a
     b = get_generator("some-model", GeneratorOptions(dtype="bf16"))

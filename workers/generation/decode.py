@@ -1,0 +1,296 @@
+"""The generator: a causal LM with one batched decode loop for many requests.
+
+Every row of the batch keeps its own sampling parameters, stop sequences,
+length limit and random generator (see ``sampling``), so unrelated requests
+share each forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from evaluators.errors import InputError
+from workers.generation.loading import Loaded, forward_last_logits, load_model, prepare
+from workers.generation.options import DecodeRequest, FinishReason, GenerationOutput, GeneratorOptions
+from workers.generation.resolve import DEFAULT_MODEL_ID, ResolvedModel
+from workers.generation.sampling import Row, Sampler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class Generator:
+    """A causal LM with a batched, per-row-parameter decode loop.
+
+    ``load`` is lazy, idempotent and thread-safe; ``generate`` runs one call at a
+    time (a second caller waits), which is what ``BatchingGenerator`` feeds.
+    """
+
+    def __init__(
+        self,
+        model_id: str = DEFAULT_MODEL_ID,
+        options: GeneratorOptions | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.options = options or GeneratorOptions()
+        self._cache_dir = cache_dir
+        self._loaded: Loaded | None = None
+        self._load_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+        _instances.add(self)
+
+    # ----------------------------------------------------------------- loading
+
+    @property
+    def cache_dir(self) -> Path:
+        if self._cache_dir is None:
+            from evaluators.settings import evaluator_settings
+
+            self._cache_dir = evaluator_settings().model_dir
+        return self._cache_dir
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        options: GeneratorOptions | None = None,
+        model_id: str = "in-memory",
+    ) -> Generator:
+        """Wrap an already loaded model (tests, benchmarks); options only steer decoding."""
+        gen = cls(model_id, options)
+        resolved = ResolvedModel(model_id, Path("."), "in-memory", "")
+        device = next(model.parameters()).device
+        gen._loaded = prepare(resolved, model.eval(), tokenizer, device, model.dtype, {}, gen.options)
+        return gen
+
+    def load(self) -> Generator:
+        """Resolve, load and optimize the model once; later calls return at once."""
+        if self._loaded is not None:
+            return self
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = load_model(self.model_id, self.options, self.cache_dir)
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self._state().model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._state().tokenizer
+
+    def _state(self) -> Loaded:
+        self.load()
+        assert self._loaded is not None
+        return self._loaded
+
+    def info(self) -> dict[str, Any]:
+        """The model block for reports: what runs, from where, and how."""
+        if self._loaded is None:
+            options = dataclasses.asdict(self.options)
+            return {"id": self.model_id, "loaded": False, "options": options}
+        s = self._loaded
+        import transformers
+
+        return {
+            "id": s.resolved.model_id,
+            "requested_id": self.model_id,
+            "loaded": True,
+            "source": s.resolved.source,
+            "revision": s.resolved.revision_or_hash,
+            "path": str(s.resolved.path),
+            "dtype": str(s.dtype).removeprefix("torch."),
+            "device": str(s.device),
+            "optimizations": dict(s.optimizations),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
+
+    # ------------------------------------------------------------- generation
+
+    def encode(self, request: DecodeRequest) -> list[int]:
+        """Token ids of the prompt, chat template applied where it belongs."""
+        tok = self._state().tokenizer
+        messages = request.chat()
+        if messages is None and not request.raw_prompt and tok.chat_template:
+            messages = [{"role": "user", "content": request.prompt or ""}]
+        if messages is not None:
+            if not tok.chat_template:
+                raise InputError(f"model {self.model_id} has no chat template; send a prompt instead")
+            # Render to text, then encode without extra specials: the template has them.
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tok(str(text), add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(request.prompt or "")["input_ids"]
+        if not ids:
+            raise InputError("the prompt encodes to no tokens")
+        return list(ids)
+
+    def generate(self, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
+        """Decode all requests, batching rows (samples) up to ``max_batch_size`` per pass."""
+        if not requests:
+            return []
+        state = self._state()
+        # One call at a time: the decode loop owns the model, and a fast tokenizer
+        # used from two threads at once can fail with "Already borrowed".
+        with self._generate_lock:
+            return self._generate(state, requests)
+
+    def _generate(self, state: Loaded, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
+        rows: list[Row] = []
+        prompt_tokens: list[int] = []
+        for i, req in enumerate(requests):
+            ids = self.encode(req)
+            if len(ids) >= state.max_context:
+                raise InputError(
+                    f"prompt has {len(ids)} tokens; the model's context is {state.max_context}",
+                    request_index=i,
+                )
+            prompt_tokens.append(len(ids))
+            budget = min(req.params.max_new_tokens, state.max_context - len(ids))
+            for k in range(req.num_return_sequences):
+                gen = None
+                if req.params.seed is not None:
+                    gen = torch.Generator(device=state.device)
+                    gen.manual_seed(req.params.seed + k)
+                rows.append(Row(i, k, ids, req.params, budget, gen, ignore_eos=req.ignore_eos))
+
+        # Similar lengths share a chunk, so chunks carry less left padding.
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j].prompt_ids))
+        size = self.options.max_batch_size
+        spent_ms = [0.0] * len(requests)
+        peers = [0] * len(requests)
+        for start in range(0, len(order), size):
+            chunk = [rows[j] for j in order[start : start + size]]
+            t0 = time.perf_counter()
+            self._decode(chunk)
+            ms = (time.perf_counter() - t0) * 1000
+            for req_index in {r.request_index for r in chunk}:
+                spent_ms[req_index] += ms
+                peers[req_index] = max(peers[req_index], len(chunk))
+
+        outputs = []
+        for i in range(len(requests)):
+            mine = sorted((r for r in rows if r.request_index == i), key=lambda r: r.sample_index)
+            texts = [r.text(state.tokenizer) for r in mine]
+            reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
+            outputs.append(
+                GenerationOutput(
+                    text=texts[0],
+                    samples=texts,
+                    finish_reason=reasons[0],
+                    prompt_tokens=prompt_tokens[i],
+                    completion_tokens=sum(len(r.tokens) for r in mine),
+                    generate_ms=round(spent_ms[i], 2),
+                    batch_rows=peers[i],
+                    sample_finish_reasons=reasons,
+                )
+            )
+        return outputs
+
+    @torch.inference_mode()
+    def _decode(self, rows: list[Row]) -> None:
+        """Run the decode loop for ``rows`` (one chunk), filling their tokens and finish reasons.
+
+        Layout: prompts are left-padded to a common length so every row's next
+        token sits in the last column; the attention mask hides the pads and
+        position ids count real tokens only, so a padded row computes what it
+        would compute alone (up to floating-point effects of the batch shape).
+        """
+        state = self._loaded
+        assert state is not None
+        model, device = state.model, state.device
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = [[state.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
+        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
+        input_ids = torch.tensor(ids, device=device)
+        attention = torch.tensor(mask, device=device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        static = state.decode_step is not None
+        if static:
+            from transformers import StaticCache
+
+            # A static cache is a fixed [B, heads, capacity, dim] buffer: the mask
+            # covers the whole capacity, future slots stay 0 until written.
+            capacity = width + max(r.max_new_tokens for r in rows)
+            capacity = -(-capacity // 64) * 64  # round up: fewer distinct shapes to compile
+            cache: Any = StaticCache(config=model.config, max_cache_len=capacity)
+            full = torch.zeros(len(rows), capacity, dtype=attention.dtype, device=device)
+            full[:, :width] = attention
+            attention = full
+            step = state.decode_step
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            step = forward_last_logits
+        assert step is not None
+
+        sampler = Sampler.build(rows, int(model.config.vocab_size), device)
+        active = list(range(len(rows)))  # row index of each batch position
+        done = [False] * len(rows)
+
+        # Prefill: one pass over all prompts; logits only for the last column.
+        logits = forward_last_logits(model, state.cache_kwarg, input_ids, attention, positions, cache)
+        next_pos = positions[:, -1:] + 1
+        length = width  # columns written so far
+
+        while True:
+            tokens = sampler.next_tokens(logits)
+            sampler.observe(tokens)
+            for row_index, token in zip(active, tokens.tolist(), strict=True):
+                if not done[row_index]:  # a done row stays only when this pass does not prune
+                    done[row_index] = rows[row_index].advance(token, state.eos_ids, state.tokenizer)
+            if all(done[i] for i in active):
+                break
+
+            finished = [p for p, i in enumerate(active) if done[i]]
+            if finished and self.options.prune_finished and not static:
+                # Shrinking the batch is an index_select per layer on the cache;
+                # it pays off once some rows run much longer than others.
+                keep = [p for p, i in enumerate(active) if not done[i]]
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                attention, next_pos, tokens = attention[idx], next_pos[idx], tokens[idx]
+                sampler = sampler.select(idx, keep)
+                active = [active[p] for p in keep]
+
+            if static:
+                attention[:, length] = 1  # in place: the compiled step sees one shape
+            else:
+                ones = torch.ones(len(active), 1, dtype=attention.dtype, device=device)
+                attention = torch.cat([attention, ones], dim=-1)
+            logits = step(model, state.cache_kwarg, tokens[:, None], attention, next_pos, cache)
+            next_pos = next_pos + 1
+            length += 1
+
+
+# Every generator of the process, so a forked child can replace their locks.
+_instances: weakref.WeakSet[Generator] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    for generator in list(_instances):
+        generator._load_lock = threading.Lock()
+        generator._generate_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)

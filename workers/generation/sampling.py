@@ -1,0 +1,165 @@
+"""Per-row decoding state and sampling: every row of a batch keeps its own parameters.
+
+A :class:`Row` is one sequence being decoded (a request, or one sample of it)
+with its stop strings and length limit; the :class:`Sampler` holds every row's
+sampling parameters as tensors along the batch dimension and picks one token
+per row in HF's processor order.
+
+Reproducibility: a row with a seed samples from its own ``torch.Generator``, so
+its random stream does not depend on its neighbours. Run alone, the same seed
+gives the same text. In a batch, left padding and a different batch shape can
+change the floating-point results of the forward pass slightly, which can flip
+a near-tie and so change the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from evaluators.contracts import SamplingParams
+from workers.generation.options import FinishReason
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Row:
+    """One sequence being decoded: a request, or one sample of it."""
+
+    request_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    generator: torch.Generator | None
+    ignore_eos: bool = False
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    stop_text: str | None = None
+    """The text cut before a stop sequence, once one was found."""
+    searched_chars: int = 0
+    """Decoded characters already searched for stop sequences."""
+
+    def advance(self, token: int, eos_ids: frozenset[int], tokenizer: PreTrainedTokenizerBase) -> bool:
+        """Append ``token``; True once the row is finished (EOS, a stop sequence or its length)."""
+        self.tokens.append(token)
+        if token in eos_ids and not self.ignore_eos:
+            self.finish_reason = "stop"
+        elif self.params.stop and self._hit_stop(tokenizer):
+            self.finish_reason = "stop_sequence"
+        elif len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+    def text(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        if self.stop_text is not None:
+            return self.stop_text
+        return str(tokenizer.decode(self.tokens, skip_special_tokens=True))
+
+    def _hit_stop(self, tokenizer: PreTrainedTokenizerBase) -> bool:
+        """Search the newly decoded text for the row's stop sequences."""
+        text = str(tokenizer.decode(self.tokens, skip_special_tokens=True))
+        # Only the tail can hold a new match: a stop string may straddle the old end.
+        longest = max(len(s) for s in self.params.stop)
+        start = max(0, self.searched_chars - longest + 1)
+        hits = [i for s in self.params.stop if (i := text.find(s, start)) >= 0]
+        # A trailing U+FFFD is an incomplete UTF-8 sequence; search it again next time.
+        self.searched_chars = len(text.rstrip("\ufffd"))
+        if not hits:
+            return False
+        self.stop_text = text[: min(hits)]
+        return True
+
+
+@dataclass
+class Sampler:
+    """Per-row sampling parameters as tensors aligned with the batch dimension."""
+
+    temperature: torch.Tensor  # [B] float, 0 = greedy
+    top_k: torch.Tensor  # [B] long, vocab size when disabled
+    top_p: torch.Tensor  # [B] float
+    penalty: torch.Tensor | None  # [B] float, None when no row uses one
+    seen: torch.Tensor | None  # [B, V] bool: tokens in the row so far (for the penalty)
+    generators: list[torch.Generator | None]
+
+    @classmethod
+    def build(cls, rows: Sequence[Row], vocab: int, device: torch.device) -> Sampler:
+        p = [r.params for r in rows]
+        penalty = seen = None
+        if any(x.repetition_penalty != 1.0 for x in p):
+            penalty = torch.tensor([x.repetition_penalty for x in p], device=device)
+            seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
+            for i, r in enumerate(rows):
+                seen[i, torch.tensor(sorted(set(r.prompt_ids)), device=device)] = True
+        return cls(
+            temperature=torch.tensor([x.temperature for x in p], device=device),
+            top_k=torch.tensor([x.top_k if 0 < x.top_k < vocab else vocab for x in p], device=device),
+            top_p=torch.tensor([x.top_p for x in p], device=device),
+            penalty=penalty,
+            seen=seen,
+            generators=[r.generator for r in rows],
+        )
+
+    def select(self, idx: torch.Tensor, keep: list[int]) -> Sampler:
+        """The sampler for the rows at batch positions ``keep`` (``idx`` as a tensor)."""
+        return Sampler(
+            temperature=self.temperature[idx],
+            top_k=self.top_k[idx],
+            top_p=self.top_p[idx],
+            penalty=None if self.penalty is None else self.penalty[idx],
+            seen=None if self.seen is None else self.seen[idx],
+            generators=[self.generators[j] for j in keep],
+        )
+
+    def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pick one token per row.
+
+        Processors run in HF's order: repetition penalty, temperature, top-k, top-p.
+        Greedy rows take the argmax after the penalty, as HF does.
+        """
+        logits = logits.float()
+        if self.penalty is not None and self.seen is not None:
+            p = self.penalty[:, None]
+            penalized = torch.where(logits < 0, logits * p, logits / p)
+            logits = torch.where(self.seen, penalized, logits)
+        tokens = logits.argmax(dim=-1)
+        sampling = (self.temperature > 0).nonzero().flatten()
+        if sampling.numel() == 0:
+            return tokens
+
+        scaled = logits[sampling] / self.temperature[sampling, None]
+        k = self.top_k[sampling]
+        # topk over the largest k any row needs is far cheaper than a full sort of
+        # the vocabulary; both give candidates in descending order.
+        k_max = int(k.max())
+        if k_max < scaled.shape[-1]:
+            values, index = scaled.topk(k_max, dim=-1)
+        else:
+            values, index = scaled.sort(dim=-1, descending=True)
+        rank = torch.arange(values.shape[-1], device=values.device)
+        values = values.masked_fill(rank[None, :] >= k[:, None], float("-inf"))
+        probs = values.softmax(dim=-1)
+        # Drop a candidate when the mass ranked above it already reaches top_p (the
+        # same set as HF's TopPLogitsWarper); the first candidate always stays.
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop = (mass_before >= self.top_p[sampling, None]) & (rank[None, :] > 0)
+        values = values.masked_fill(drop, float("-inf"))
+        probs = values.softmax(dim=-1)
+
+        picks = torch.empty(len(sampling), dtype=torch.long, device=values.device)
+        for j, row in enumerate(sampling.tolist()):
+            # One draw per row from the row's own generator: seeded rows do not
+            # consume each other's random numbers.
+            picks[j] = torch.multinomial(probs[j], 1, generator=self.generators[row])[0]
+        tokens[sampling] = index.gather(1, picks[:, None]).squeeze(1)
+        return tokens
+
+    def observe(self, tokens: torch.Tensor) -> None:
+        """Mark the picked tokens as seen (for the repetition penalty)."""
+        if self.seen is not None:
+            self.seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
