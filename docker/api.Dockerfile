@@ -53,12 +53,13 @@ RUN python -c "import tomllib; p = tomllib.load(open('/tmp/assay-deps/pyproject.
 
 FROM base AS api
 
-# The project itself (packages service, evaluators, workers; console script
+# The project itself (packages service, evaluators, workers, store; console script
 # `assay`). Dependencies are already installed above, hence --no-deps.
 COPY pyproject.toml README* /tmp/assay-src/
 COPY service /tmp/assay-src/service
 COPY evaluators /tmp/assay-src/evaluators
 COPY workers /tmp/assay-src/workers
+COPY store /tmp/assay-src/store
 RUN pip install --no-deps /tmp/assay-src \
  && rm -rf /tmp/assay-src
 

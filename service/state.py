@@ -16,9 +16,9 @@ from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
 from service.batching import MicroBatcher
 from service.settings import ServiceSettings
+from store.jobs import JobStore, job_store
 from workers.embedded import EmbeddedWorker
 from workers.settings import WorkerSettings, worker_settings
-from workers.store import JobStore, job_store
 
 log = logging.getLogger(__name__)
 

@@ -17,55 +17,45 @@ from collections.abc import Callable
 from typing import Any
 
 from evaluators.aggregate import ItemResult
+from evaluators.contracts import Status
 from evaluators.policy import LoadedPolicy
+from store.audits import AuditStore
+from store.db import database
+from store.models import as_utc, utcnow
+from store.records import AuditResultRecord, AuditRunRecord, PolicyVersion
 from workers.pipeline import guarded_batch
 from workers.settings import WorkerSettings, worker_settings
-from workers.store import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    AuditRun,
-    AuditStore,
-    PolicyRecord,
-    job_store,
-    utcnow,
-)
 
 log = logging.getLogger(__name__)
 
 
 def audit_store(settings: WorkerSettings | None = None) -> AuditStore:
     settings = settings or worker_settings()
-    return AuditStore(job_store(settings.resolved_database_url()))
+    return AuditStore(database(settings.resolved_database_url()))
 
 
 def create_run(
     lp: LoadedPolicy, suite: Any, *, model: str, queue: str, params: dict[str, Any], samples_per_prompt: int
-) -> AuditRun:
+) -> AuditRunRecord:
     """Record a new queued run of ``suite`` under ``lp`` (and the policy version, by sha256)."""
-    run = AuditRun(
-        id=uuid.uuid4().hex,
-        status=QUEUED,
+    policy = PolicyVersion(
+        sha256=lp.sha256, name=lp.name, version=lp.policy.version, content=lp.path.read_text("utf-8")
+    )
+    return audit_store().create_run(
+        run_id=uuid.uuid4().hex,
         suite_name=suite.suite.name,
         suite_sha256=suite.sha256,
         suite=suite.suite.model_dump(mode="json"),
         model=model,
         queue=queue,
-        policy_name=lp.name,
-        policy_sha256=lp.sha256,
+        policy=policy,
         params=params,
         samples_per_prompt=samples_per_prompt,
         total=len(suite.expand(samples_per_prompt)),
     )
-    policy = PolicyRecord(
-        sha256=lp.sha256, name=lp.name, version=lp.policy.version, content=lp.path.read_text("utf-8")
-    )
-    return audit_store().create_run(run, policy)
 
 
-def work_items(run: AuditRun) -> list[Any]:
+def work_items(run: AuditRunRecord) -> list[Any]:
     """The run's work items, expanded from the stored suite (stable keys)."""
     from evaluators.suites import parse_suite
 
@@ -87,7 +77,7 @@ def start_run(run_id: str, enqueue: Callable[[str, list[str]], None], chunk_size
 
 
 def enqueue_pending(
-    store: AuditStore, run: AuditRun, enqueue: Callable[[str, list[str]], None], chunk_size: int
+    store: AuditStore, run: AuditRunRecord, enqueue: Callable[[str, list[str]], None], chunk_size: int
 ) -> int:
     """Enqueue chunks of the items that have no result yet; finalize when none is left."""
     done = store.done_keys(run.id)
@@ -99,7 +89,7 @@ def enqueue_pending(
     return len(pending)
 
 
-def _payload(run: AuditRun, item: Any) -> dict[str, Any]:
+def _payload(run: AuditRunRecord, item: Any) -> dict[str, Any]:
     params = dict(run.params or {})
     if params.get("seed") is not None:
         # Each sample of an item gets its own reproducible seed.
@@ -120,7 +110,7 @@ def run_chunk(run_id: str, keys: list[str], worker: str | None = None) -> int:
     """Run the chunk's items that have no result yet; return how many were written."""
     store = audit_store()
     run = store.get_run(run_id)
-    if run is None or run.status != RUNNING:
+    if run is None or run.status != Status.RUNNING:
         return 0
     done = store.done_keys(run_id)
     wanted = set(keys) - done
@@ -138,7 +128,7 @@ def run_chunk(run_id: str, keys: list[str], worker: str | None = None) -> int:
             record = ItemResult.from_generation(w, None, error=f"{type(exc).__name__}: {exc}").to_dict()
             written += store.add_result(
                 run_id, key=w.key, item_id=w.item_id, category=w.category, group=w.group,
-                status=FAILED, result=record, worker=worker,
+                status=Status.FAILED, result=record, worker=worker,
             )  # fmt: skip
     else:
         for w, result in zip(items, results, strict=True):
@@ -146,13 +136,14 @@ def run_chunk(run_id: str, keys: list[str], worker: str | None = None) -> int:
                 store.record_model(run_id, result["model"])
             written += store.add_result(
                 run_id, key=w.key, item_id=w.item_id, category=w.category, group=w.group,
-                status=SUCCEEDED, result=ItemResult.from_generation(w, result).to_dict(), worker=worker,
+                status=Status.SUCCEEDED, result=ItemResult.from_generation(w, result).to_dict(),
+                worker=worker,
             )  # fmt: skip
     maybe_finalize(run_id)
     return written
 
 
-def run_record(run: AuditRun, results: list[Any], *, status: str) -> dict[str, Any]:
+def run_record(run: AuditRunRecord, results: list[AuditResultRecord], *, status: str) -> dict[str, Any]:
     """The run record (metrics, gates, verdict) from the results so far; partial while running."""
     from evaluators.aggregate import ItemResult, aggregate
     from evaluators.gates import evaluate_gates
@@ -184,15 +175,15 @@ def maybe_finalize(run_id: str) -> bool:
     """Finish the run when every item has a result; only the first caller records it."""
     store = audit_store()
     run = store.get_run(run_id)
-    if run is None or run.status != RUNNING:
+    if run is None or run.status != Status.RUNNING:
         return False
     if store.count_results(run_id) < run.total:
         return False
     record = run_record(run, store.results(run_id), status="finished")
-    return store.finish_run(run_id, SUCCEEDED, report=record)
+    return store.finish_run(run_id, Status.SUCCEEDED, report=record)
 
 
-def run_to_dict(run: AuditRun) -> dict[str, Any]:
+def run_to_dict(run: AuditRunRecord) -> dict[str, Any]:
     return {
         "id": run.id,
         "status": run.status,
@@ -225,16 +216,14 @@ def sweep(
 
 
 def cancel_run(run_id: str) -> bool:
-    return audit_store().finish_run(run_id, CANCELLED, error={"reason": "cancelled by request"})
+    return audit_store().finish_run(run_id, Status.CANCELLED, error={"reason": "cancelled by request"})
 
 
-def progress(run: AuditRun, done: int) -> dict[str, Any]:
+def progress(run: AuditRunRecord, done: int) -> dict[str, Any]:
     started = run.started_at
     elapsed = 0.0
     if started is not None:
-        from workers.store import _aware, utcnow
-
-        elapsed = max(0.0, (utcnow() - _aware(started)).total_seconds())
+        elapsed = max(0.0, (utcnow() - as_utc(started)).total_seconds())
     rate = done / elapsed if elapsed > 0 else 0.0
     remaining = max(0, run.total - done)
     return {

@@ -14,16 +14,17 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from evaluators.contracts import Status
 from evaluators.errors import AssayError
+from store.jobs import JobStore, job_store
 from workers.celery_app import app
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
-from workers.store import FAILED, SUCCEEDED, job_store
 
 log = logging.getLogger(__name__)
 
 
-def _store() -> Any:
+def _store() -> JobStore:
     return job_store(worker_settings().resolved_database_url())
 
 
@@ -39,13 +40,13 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
         result = guarded_generation(payload)
     except AssayError as exc:
         error = {"code": exc.code, "title": exc.title, "detail": exc.detail}
-        store.finish(job_id, FAILED, error=error)
+        store.finish(job_id, Status.FAILED, error=error)
         log.warning("job %s failed: %s", job_id, exc.code)
         return {"job_id": job_id, "error": error}
     except Exception as exc:
         store.finish(
             job_id,
-            FAILED,
+            Status.FAILED,
             error={
                 "code": "internal-error",
                 "title": "Job failed",
@@ -54,7 +55,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
         )
         log.exception("job %s failed", job_id)
         raise
-    store.finish(job_id, SUCCEEDED, result=result)
+    store.finish(job_id, Status.SUCCEEDED, result=result)
     return {"job_id": job_id, "action": result["action"]}
 
 

@@ -12,12 +12,13 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluators.contracts import Status
 from evaluators.errors import InputError, NotFound
 from evaluators.settings import PROJECT_ROOT
 from service.problems import problem
 from service.state import AppState
+from store.records import AuditRunRecord
 from workers.params import resolve_params
-from workers.store import QUEUED, SUCCEEDED, TERMINAL, AuditRun
 
 SUITE_DIR = PROJECT_ROOT / "suites"
 
@@ -61,7 +62,7 @@ def audit_links(run_id: str) -> dict[str, str]:
     }
 
 
-def run_summary(app: AppState, run: AuditRun) -> dict[str, Any]:
+def run_summary(app: AppState, run: AuditRunRecord) -> dict[str, Any]:
     """Status, progress and (partial) aggregates; heavy parts run in a worker thread."""
     from workers.audit import audit_store, progress, run_record, run_to_dict
 
@@ -113,12 +114,12 @@ class AuditController(Controller):
         total = run.total
         await asyncio.to_thread(app.send, "assay.audit.start", [run.id], run.queue)
         return Response(
-            {"id": run.id, "status": QUEUED, "total": total, "links": audit_links(run.id)},
+            {"id": run.id, "status": Status.QUEUED, "total": total, "links": audit_links(run.id)},
             status_code=202,
             headers={"Location": f"/v1/audits/{run.id}"},
         )
 
-    async def _run(self, app: AppState, run_id: str) -> AuditRun:
+    async def _run(self, app: AppState, run_id: str) -> AuditRunRecord:
         from workers.audit import audit_store
 
         run = await asyncio.to_thread(audit_store(app.worker_settings).get_run, run_id)
@@ -138,7 +139,7 @@ class AuditController(Controller):
 
         app: AppState = state.assay
         run = await self._run(app, run_id)
-        if run.status in TERMINAL:
+        if run.status.terminal:
             return problem(409, "Audit already finished", f"run {run_id} is {run.status}", "audit-finished")
         await asyncio.to_thread(cancel_run, run_id)
         run = await self._run(app, run_id)
@@ -148,7 +149,7 @@ class AuditController(Controller):
     async def resume(self, run_id: str, state: State) -> dict[str, Any]:
         app: AppState = state.assay
         run = await self._run(app, run_id)
-        if run.status in TERMINAL:
+        if run.status.terminal:
             return {"id": run_id, "status": run.status, "resent": 0}
         from workers.audit import audit_store
 
@@ -167,7 +168,7 @@ class AuditController(Controller):
 
         app: AppState = state.assay
         run = await self._run(app, run_id)
-        if run.status != SUCCEEDED or run.report is None:
+        if run.status != Status.SUCCEEDED or run.report is None:
             return problem(
                 409, "Report not ready", f"run {run_id} is {run.status}; reports exist once it succeeds",
                 "report-not-ready",

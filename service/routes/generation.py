@@ -7,6 +7,7 @@ store, not the broker, is the source of truth for a job's status.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from typing import Any, Literal
@@ -16,11 +17,12 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evaluators.contracts import Status
 from evaluators.errors import NotFound, Overloaded, PayloadTooLarge
 from service.problems import problem
 from service.state import AppState
+from store.records import JobRecord
 from workers.params import resolve_params
-from workers.store import FAILED, QUEUED, TERMINAL, Job, sha256_text
 
 
 class ChatMessage(BaseModel):
@@ -95,7 +97,7 @@ def job_links(job_id: str) -> dict[str, str]:
     return {"self": f"/v1/jobs/{job_id}", "cancel": f"/v1/jobs/{job_id}"}
 
 
-def job_body(job: Job) -> dict[str, Any]:
+def job_body(job: JobRecord) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": job.id,
         "status": job.status,
@@ -113,8 +115,8 @@ def job_body(job: Job) -> dict[str, Any]:
         err = job.error
         body["error"] = {
             "type": f"https://assay.dev/problems/{err.get('code', 'job-failed')}",
-            "title": err.get("title", "Job failed" if job.status == FAILED else "Job cancelled"),
-            "status": 500 if job.status == FAILED else 409,
+            "title": err.get("title", "Job failed" if job.status == Status.FAILED else "Job cancelled"),
+            "status": 500 if job.status == Status.FAILED else 409,
             "detail": err.get("detail") or err.get("reason", ""),
         }
     return body
@@ -145,19 +147,18 @@ class GenerationController(Controller):
         queue = settings.queue_for(model)
         job_id = uuid.uuid4().hex
         joined = "\n".join(texts)
-        job = Job(
-            id=job_id,
-            status=QUEUED,
+        await asyncio.to_thread(
+            jobs.create,
+            job_id=job_id,
             model=model,
             queue=queue,
             policy_name=lp.name,
             policy_sha256=lp.sha256,
-            prompt_sha256=sha256_text(joined),
+            prompt_sha256=hashlib.sha256(joined.encode("utf-8")).hexdigest(),
             params=params,
             # Raw prompts are stored only when the policy opts in.
             raw_prompt=joined if lp.policy.store_raw_text else None,
         )
-        await asyncio.to_thread(jobs.create, job)
         payload = {
             "job_id": job_id,
             "model": model,
@@ -175,7 +176,7 @@ class GenerationController(Controller):
             # Record why, so the job is not lost silently, then tell the caller.
             detail = f"could not queue the job: {type(exc).__name__}"
             await asyncio.to_thread(
-                jobs.finish, job_id, FAILED, error={"code": "queue-unavailable", "detail": detail}
+                jobs.finish, job_id, Status.FAILED, error={"code": "queue-unavailable", "detail": detail}
             )
             raise Overloaded(detail, job_id=job_id) from exc
         if wait > 0:
@@ -185,7 +186,7 @@ class GenerationController(Controller):
             pause = 0.02
             while True:
                 current = await asyncio.to_thread(jobs.get, job_id)
-                if current is not None and current.status in TERMINAL:
+                if current is not None and current.status.terminal:
                     return Response(job_body(current), status_code=200)
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -193,7 +194,7 @@ class GenerationController(Controller):
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 1.5, 0.5)
         return Response(
-            {"id": job_id, "status": QUEUED, "links": job_links(job_id)},
+            {"id": job_id, "status": Status.QUEUED, "links": job_links(job_id)},
             status_code=202,
             headers={"Location": f"/v1/jobs/{job_id}"},
         )
@@ -213,7 +214,7 @@ class GenerationController(Controller):
         job = await asyncio.to_thread(jobs.get, job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
-        if job.status in TERMINAL:
+        if job.status.terminal:
             return problem(
                 409,
                 "Job already finished",

@@ -5,22 +5,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect, text
 
-from workers.store import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    AuditRun,
-    AuditStore,
-    Job,
-    JobStore,
-    PolicyRecord,
-)
+from evaluators.contracts import Status
+from store.audits import AuditStore, audit_store
+from store.db import Database, database, reset_stores
+from store.jobs import JobStore, job_store
+from store.records import AuditRunRecord, JobRecord, PolicyVersion
 
 PG_ADMIN = os.environ.get("ASSAY_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -38,6 +33,7 @@ def _pg_available() -> bool:
 def db_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/assay.db"
+        reset_stores()
         return
     if not _pg_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}")
@@ -48,15 +44,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
     try:
         yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     finally:
+        reset_stores()  # close the pooled connections before the database goes
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
-def _job(job_id: str) -> Job:
-    return Job(
-        id=job_id,
-        status=QUEUED,
+def _job(store: JobStore, job_id: str) -> JobRecord:
+    return store.create(
+        job_id=job_id,
         model="smollm2",
         queue="cpu",
         policy_name="default",
@@ -67,55 +63,82 @@ def _job(job_id: str) -> Job:
 
 
 def test_migrations_create_the_schema_at_head(db_url: str) -> None:
-    store = JobStore(db_url)
-    JobStore(db_url)  # a second process starting on the same database is a no-op
-    tables = set(inspect(store.engine).get_table_names())
+    db = database(db_url)
+    other = Database(db_url)  # a second process starting on the same database is a no-op
+    other.dispose()
+    tables = set(inspect(db.engine).get_table_names())
     assert {"jobs", "audit_runs", "audit_results", "policies", "models", "alembic_version"} <= tables
-    with store.engine.connect() as c:
+    with db.engine.connect() as c:
         assert c.execute(text("select version_num from alembic_version")).scalar() == "0001"
-    store.dispose()
+
+
+def test_one_database_per_url_until_reset(db_url: str) -> None:
+    db = database(db_url)
+    assert database(db_url) is db and job_store(db_url).db is db and audit_store(db_url).db is db
+    reset_stores()
+    assert database(db_url) is not db
 
 
 def test_job_outcome_is_recorded_once(db_url: str) -> None:
-    store = JobStore(db_url)
-    store.create(_job("j1"))
+    store = job_store(db_url)
+    created = _job(store, "j1")
+    assert created.status == Status.QUEUED and created.kind == "generation" and created.attempts == 0
+    assert created.created_at is not None and created.params == {"temperature": 0}
+    with pytest.raises(ValidationError):  # records are frozen copies, not live rows
+        created.status = Status.RUNNING
     assert store.mark_running("j1")
-    assert store.get("j1").status == RUNNING  # type: ignore[union-attr]
-    assert store.finish("j1", SUCCEEDED, result={"output": "Paris"})
+    assert store.get("j1").status == Status.RUNNING  # type: ignore[union-attr]
+    assert store.finish("j1", Status.SUCCEEDED, result={"output": "Paris"})
     # A redelivered copy finishing later must not overwrite the first outcome.
-    assert not store.finish("j1", FAILED, error={"detail": "late duplicate"})
+    assert not store.finish("j1", Status.FAILED, error={"detail": "late duplicate"})
     job = store.get("j1")
-    assert job is not None and job.status == SUCCEEDED and job.result == {"output": "Paris"}
+    assert job is not None and job.status == Status.SUCCEEDED and job.result == {"output": "Paris"}
     assert not store.mark_running("j1")
 
-    store.create(_job("j2"))
+    _job(store, "j2")
     assert store.cancel("j2")
-    assert store.is_cancelled("j2")
     assert not store.mark_running("j2")
-    assert store.get("j2").status == CANCELLED  # type: ignore[union-attr]
-    store.dispose()
+    assert store.get("j2").status == Status.CANCELLED  # type: ignore[union-attr]
+    with store.db.engine.connect() as c:  # the column holds the plain value, on both databases
+        assert c.execute(text("select status from jobs where id = 'j2'")).scalar() == "cancelled"
+    assert store.get("missing") is None
+
+
+def _run(audits: AuditStore, run_id: str, policy: PolicyVersion) -> AuditRunRecord:
+    return audits.create_run(
+        run_id=run_id, suite_name="s", suite_sha256="c" * 64, suite={"items": []}, model="m", queue="cpu",
+        policy=policy, params={}, samples_per_prompt=1, total=2,
+    )  # fmt: skip
 
 
 def test_audit_results_count_exactly_once(db_url: str) -> None:
-    store = JobStore(db_url)
-    audits = AuditStore(store)
-    run = AuditRun(
-        id="r1", status=QUEUED, suite_name="s", suite_sha256="c" * 64, suite={"items": []}, model="m",
-        queue="cpu", policy_name="default", policy_sha256="a" * 64, params={}, samples_per_prompt=1, total=2,
-    )  # fmt: skip
-    policy = PolicyRecord(sha256="a" * 64, name="default", version="1", content="name: default")
-    audits.create_run(run, policy)
+    audits = audit_store(db_url)
+    policy = PolicyVersion(sha256="a" * 64, name="default", version="1", content="name: default")
+    created = _run(audits, "r1", policy)
+    assert (
+        created.status == Status.QUEUED
+        and created.policy_sha256 == "a" * 64
+        and created.created_at is not None
+    )
     # The same policy version recorded by a second run is not duplicated.
-    run2 = AuditRun(**{**{c.name: getattr(run, c.name) for c in AuditRun.__table__.columns}, "id": "r2"})
-    audits.create_run(run2, policy)
+    _run(audits, "r2", policy)
+    with audits.db.engine.connect() as c:
+        assert c.execute(text("select count(*) from policies")).scalar() == 1
     assert audits.mark_started("r1")
-    kw = {"item_id": "i1", "category": "c", "group": None, "status": SUCCEEDED, "worker": "w1"}
+    assert audits.stalled_runs(3600) == [] and audits.stalled_runs(-1) == ["r1"]
+    kw: dict[str, Any] = {
+        "item_id": "i1",
+        "category": "c",
+        "group": None,
+        "status": Status.SUCCEEDED,
+        "worker": "w1",
+    }
     assert audits.add_result("r1", key="i1##0", result={"action": "allow"}, **kw)
     assert not audits.add_result("r1", key="i1##0", result={"action": "block"}, **kw)
     assert audits.count_results("r1") == 1
     assert audits.results("r1")[0].result == {"action": "allow"}
     assert audits.done_keys("r1") == {"i1##0"}
-    assert audits.finish_run("r1", SUCCEEDED, report={"verdict": "pass"})
-    assert not audits.finish_run("r1", FAILED)
+    assert audits.finish_run("r1", Status.SUCCEEDED, report={"verdict": "pass"})
+    assert not audits.finish_run("r1", Status.FAILED)
     assert audits.get_run("r1").report == {"verdict": "pass"}  # type: ignore[union-attr]
-    store.dispose()
+    assert audits.get_run("missing") is None

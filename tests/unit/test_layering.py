@@ -1,4 +1,4 @@
-"""Dependencies point one way: evaluators <- workers <- service."""
+"""Dependencies point one way: evaluators <- store <- workers <- service."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ FORBIDDEN = {
         "uvicorn",
         "httpx",
     },
+    "store": {"service", "workers", "litestar", "celery", "kombu", "uvicorn", "httpx"},
     "workers": {"service", "litestar", "uvicorn"},
 }
 

@@ -1,0 +1,1 @@
+"""Alembic migrations of the Assay store (run with ``store.db.migrate``)."""

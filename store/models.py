@@ -1,0 +1,115 @@
+"""The ORM tables. Only the repositories in this package touch them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from evaluators.contracts import Status
+
+# The statuses a job or run never leaves; a finished outcome is never overwritten.
+TERMINAL = [s.value for s in Status if s.terminal]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as an aware datetime: SQLite hands back naive ones for timezone-aware columns."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), default="generation")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str] = mapped_column(String(64))
+    policy_name: Mapped[str] = mapped_column(String(64))
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    raw_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+
+
+class AuditRun(Base):
+    """One pre-release audit: a suite through a model under a policy."""
+
+    __tablename__ = "audit_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    suite_name: Mapped[str] = mapped_column(String(128))
+    suite_sha256: Mapped[str] = mapped_column(String(64))
+    suite: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str] = mapped_column(String(64))
+    policy_name: Mapped[str] = mapped_column(String(64))
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    samples_per_prompt: Mapped[int] = mapped_column(default=1)
+    total: Mapped[int] = mapped_column(default=0)
+    model_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditResult(Base):
+    """One work item's outcome; (run_id, key) is unique so each item counts once."""
+
+    __tablename__ = "audit_results"
+    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_audit_results_run_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("audit_runs.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(256))
+    item_id: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str] = mapped_column(String(128))
+    group: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PolicyRecord(Base):
+    """Every policy version ever used, by content hash, so reports stay reproducible."""
+
+    __tablename__ = "policies"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    content: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelRecord(Base):
+    """Identity of each model version that produced results (id plus file hash)."""
+
+    __tablename__ = "models"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,81 @@
+"""Frozen records the repositories return: a row's values, detached from any session.
+
+Built from ORM rows with ``model_validate(row)`` (``from_attributes``), so callers
+outside ``store`` never hold an ORM object, nor lazy-load from a closed session.
+JSON columns stay dicts here; their shapes belong to the callers that write them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from evaluators.contracts import Status
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class JobRecord(_Record):
+    id: str
+    kind: str
+    status: Status
+    model: str
+    queue: str
+    policy_name: str
+    policy_sha256: str
+    prompt_sha256: str
+    params: dict[str, Any]
+    raw_prompt: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    attempts: int
+
+
+class PolicyVersion(_Record):
+    """One policy file's content under its hash, recorded with the runs that use it."""
+
+    sha256: str
+    name: str
+    version: str
+    content: str
+
+
+class AuditRunRecord(_Record):
+    id: str
+    status: Status
+    suite_name: str
+    suite_sha256: str
+    suite: dict[str, Any]
+    model: str
+    queue: str
+    policy_name: str
+    policy_sha256: str
+    params: dict[str, Any]
+    samples_per_prompt: int
+    total: int
+    model_info: dict[str, Any] | None
+    report: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class AuditResultRecord(_Record):
+    id: int
+    run_id: str
+    key: str
+    item_id: str
+    category: str
+    group: str | None
+    status: Status
+    result: dict[str, Any]
+    worker: str | None
+    created_at: dt.datetime

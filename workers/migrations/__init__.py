@@ -1,1 +1,0 @@
-"""Alembic migrations of the Assay store (run with ``workers.store.migrate``)."""
