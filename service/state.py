@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from evaluators.contracts import GenerationJob
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
@@ -53,11 +54,12 @@ class AppState:
 
         return app
 
-    def enqueue(self, payload: dict[str, Any], queue: str) -> None:
+    def enqueue(self, job: GenerationJob, queue: str) -> None:
+        # JSON at the edge: the worker validates it back into a GenerationJob.
         self.celery().send_task(
             "assay.generate",
-            args=[payload],
-            task_id=payload["job_id"],
+            args=[job.model_dump(mode="json")],
+            task_id=job.job_id,
             queue=queue,
             routing_key=queue,
         )

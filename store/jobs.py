@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import update
 
-from evaluators.contracts import Status
+from evaluators.contracts import JobError, JobResult, SamplingParams, Status
 from store.db import Database, database
 from store.models import TERMINAL, Job, utcnow
 from store.records import JobRecord
@@ -25,7 +23,7 @@ class JobStore:
         policy_name: str,
         policy_sha256: str,
         prompt_sha256: str,
-        params: dict[str, Any],
+        params: SamplingParams,
         raw_prompt: str | None = None,
     ) -> JobRecord:
         """Record a new queued job (before it is queued, so it is never lost silently)."""
@@ -38,7 +36,7 @@ class JobStore:
                 policy_name=policy_name,
                 policy_sha256=policy_sha256,
                 prompt_sha256=prompt_sha256,
-                params=params,
+                params=params.model_dump(mode="json"),
                 raw_prompt=raw_prompt,
             )
             s.add(job)
@@ -60,18 +58,22 @@ class JobStore:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
-    def finish(self, job_id: str, status: Status, *, result: Any = None, error: Any = None) -> bool:
+    def finish(
+        self, job_id: str, status: Status, *, result: JobResult | None = None, error: JobError | None = None
+    ) -> bool:
         """Record the outcome once: a job already terminal keeps its first outcome."""
+        values = {
+            "status": status,
+            "result": result.to_json() if result is not None else None,
+            "error": error.model_dump(mode="json", exclude_none=True) if error is not None else None,
+            "finished_at": utcnow(),
+        }
         with self.db.session() as s:
-            res = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.not_in(TERMINAL))
-                .values(status=status, result=result, error=error, finished_at=utcnow())
-            )
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL)).values(**values))
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def cancel(self, job_id: str) -> bool:
-        return self.finish(job_id, Status.CANCELLED, error={"reason": "cancelled by request"})
+        return self.finish(job_id, Status.CANCELLED, error=JobError(reason="cancelled by request"))
 
 
 def job_store(url: str) -> JobStore:

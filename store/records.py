@@ -2,7 +2,7 @@
 
 Built from ORM rows with ``model_validate(row)`` (``from_attributes``), so callers
 outside ``store`` never hold an ORM object, nor lazy-load from a closed session.
-JSON columns stay dicts here; their shapes belong to the callers that write them.
+JSON columns come back as the contracts that were written (``evaluators.contracts``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from evaluators.contracts import Status
+from evaluators.contracts import JobError, JobResult, SamplingParams, Status
 
 
 class _Record(BaseModel):
@@ -20,6 +20,8 @@ class _Record(BaseModel):
 
 
 class JobRecord(_Record):
+    """A generation job as stored: its contract-typed parameters, result and error."""
+
     id: str
     kind: str
     status: Status
@@ -28,10 +30,10 @@ class JobRecord(_Record):
     policy_name: str
     policy_sha256: str
     prompt_sha256: str
-    params: dict[str, Any]
+    params: SamplingParams
     raw_prompt: str | None
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
+    result: JobResult | None
+    error: JobError | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

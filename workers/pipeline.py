@@ -12,15 +12,26 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from functools import lru_cache
-from typing import Any
 
+from evaluators.contracts import (
+    CheckErrorRecord,
+    FairnessVariant,
+    FindingRecord,
+    GenerationJob,
+    JobResult,
+    ModelInfo,
+    PolicyIdentity,
+    StageResult,
+    Usage,
+)
 from evaluators.engine import Decision, PolicyEngine
+from evaluators.fairness import summarise, variants
 from evaluators.findings import Action
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
-from workers.generation import DecodeRequest, GeneratorOptions, get_generator, sampling_params
-from workers.params import resolve_params
+from workers.generation import DecodeRequest, GenerationOutput, GeneratorOptions, get_generator
 from workers.settings import WorkerSettings, worker_settings
 
 log = logging.getLogger(__name__)
@@ -42,29 +53,8 @@ def engine_for(name: str) -> PolicyEngine:
         return _engines[name]
 
 
-def user_texts(payload: dict[str, Any]) -> list[str]:
-    """The parts of a request a person wrote: the prompt, or the user messages."""
-    if payload.get("prompt") is not None:
-        return [str(payload["prompt"])]
-    return [str(m.get("content", "")) for m in payload.get("messages") or [] if m.get("role") == "user"]
-
-
-def _redacted_request(
-    payload: dict[str, Any], decisions: list[Decision]
-) -> tuple[str | None, list[dict[str, str]] | None]:
-    texts = [d.text or "" for d in decisions]
-    if payload.get("prompt") is not None:
-        return texts[0], None
-    messages: list[dict[str, str]] = []
-    it = iter(texts)
-    for m in payload["messages"]:
-        content = next(it) if m.get("role") == "user" else str(m.get("content", ""))
-        messages.append({"role": str(m["role"]), "content": content})
-    return None, messages
-
-
-def _stage_block(decisions: list[Decision]) -> dict[str, Any]:
-    findings = [f.to_dict() for d in decisions for f in d.triggered]
+def _stage(decisions: list[Decision]) -> StageResult:
+    """One stage's decisions over the job's texts: strongest action, triggered findings, top scores."""
     scores: dict[str, float] = {}
     engines: dict[str, str] = {}
     for d in decisions:
@@ -72,13 +62,13 @@ def _stage_block(decisions: list[Decision]) -> dict[str, Any]:
             if v >= scores.get(k, -1.0):
                 scores[k] = v
                 engines[k] = d.engines()[k]
-    return {
-        "action": Action.strongest([d.action for d in decisions]).value,
-        "findings": findings,
-        "scores": scores,
-        "engines": engines,
-        "errors": [e.to_dict() for d in decisions for e in d.errors],
-    }
+    return StageResult(
+        action=Action.strongest([d.action for d in decisions]),
+        findings=tuple(FindingRecord.of(f) for d in decisions for f in d.triggered),
+        scores=scores,
+        engines=engines,
+        errors=tuple(CheckErrorRecord.of(e) for d in decisions for e in d.errors),
+    )
 
 
 def generator_options(settings: WorkerSettings) -> GeneratorOptions:
@@ -87,47 +77,43 @@ def generator_options(settings: WorkerSettings) -> GeneratorOptions:
     return dataclasses.replace(options, device=evaluator_settings().device)
 
 
-def guarded_generation(payload: dict[str, Any], settings: WorkerSettings | None = None) -> dict[str, Any]:
-    """Run one generation job end to end and return its result record."""
-    if payload.get("fairness"):
-        return fairness_generation(payload, settings)
-    return guarded_batch([payload], settings)[0]
+def guarded_generation(job: GenerationJob, settings: WorkerSettings | None = None) -> JobResult:
+    """Run one generation job end to end and return its result."""
+    if job.fairness is not None:
+        return fairness_generation(job, settings)
+    return guarded_batch([job], settings)[0]
 
 
-def fairness_generation(payload: dict[str, Any], settings: WorkerSettings | None = None) -> dict[str, Any]:
+def fairness_generation(job: GenerationJob, settings: WorkerSettings | None = None) -> JobResult:
     """Generate the job's counterfactual group variants in one batch and score the gaps."""
-    from workers.fairness import expand, summarise
-
     started = time.time()
-    lp = worker_policies().get(payload["policy"])
-    variants, groups, dimension = expand(payload, lp)
-    results = guarded_batch(variants, settings)
-    summary = summarise(results, groups, lp)
-    summary["dimension"] = dimension
-    actions = [Action(r["action"]) for r in results] + [Action(summary["action"])]
-    return {
-        "policy": lp.identity(),
-        "params": results[0]["params"],
-        "action": Action.strongest(actions).value,
-        "output": None,
-        "fairness": summary,
-        "variants": [
-            {
-                "group": g,
-                "action": r["action"],
-                "output": r.get("output"),
-                "scores": (r.get("output_checks") or {}).get("scores", {}),
-                "findings": r.get("findings", []),
-            }
+    lp = worker_policies().get(job.policy)
+    jobs, groups, dimension = variants(job, lp.policy.fairness.samples_per_group)
+    results = guarded_batch(jobs, settings)
+    summary = summarise(results, groups, lp.policy.fairness, dimension)
+    return JobResult(
+        policy=PolicyIdentity(**lp.identity()),
+        params=job.params,
+        action=Action.strongest([r.action for r in results] + [summary.action]),
+        output=None,
+        fairness=summary,
+        variants=tuple(
+            FairnessVariant(
+                group=g,
+                action=r.action,
+                output=r.output,
+                scores=r.output_checks.scores if r.output_checks else {},
+                findings=r.findings,
+            )
             for g, r in zip(groups, results, strict=True)
-        ],
-        "usage": {
-            "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in results),
-            "completion_tokens": sum(r["usage"]["completion_tokens"] for r in results),
-        },
-        "timings": {"total_ms": round((time.time() - started) * 1000, 1)},
-        "model": results[0].get("model", {"id": payload["model"]}),
-    }
+        ),
+        usage=Usage(
+            prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+            completion_tokens=sum(r.usage.completion_tokens for r in results),
+        ),
+        timings={"total_ms": round((time.time() - started) * 1000, 1)},
+        model=results[0].model,
+    )
 
 
 def self_consistency_samples(engine: PolicyEngine) -> int:
@@ -141,28 +127,24 @@ def self_consistency_samples(engine: PolicyEngine) -> int:
     return 0
 
 
-def guarded_batch(
-    payloads: list[dict[str, Any]], settings: WorkerSettings | None = None
-) -> list[dict[str, Any]]:
+def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = None) -> list[JobResult]:
     """Run generation jobs of one policy together: one batch per check, one batched decode.
 
-    Each payload has ``policy``, ``model``, ``prompt`` or ``messages``,
-    ``params``, and optionally ``context`` (grounding documents for the
-    output checks) and ``enqueued_at``.
+    A job's ``context`` (grounding documents) goes to the output checks.
     """
     settings = settings or worker_settings()
-    if not payloads:
+    if not jobs:
         return []
     started = time.time()
-    names = {p["policy"] for p in payloads}
+    names = {j.policy for j in jobs}
     if len(names) != 1:
         raise ValueError(f"guarded_batch takes one policy at a time, got {sorted(names)}")
     lp: LoadedPolicy = worker_policies().get(names.pop())
+    identity = PolicyIdentity(**lp.identity())
     engine = engine_for(lp.name)
-    params = [resolve_params(lp.policy, p.get("params")) for p in payloads]
 
     # Input checks: every user text of every job in one batch.
-    texts_per_job = [user_texts(p) for p in payloads]
+    texts_per_job = [j.user_texts() for j in jobs]
     flat = [t for texts in texts_per_job for t in texts]
     t0 = time.perf_counter()
     flat_decisions = engine.evaluate(flat, "input") if flat else []
@@ -173,65 +155,63 @@ def guarded_batch(
         decisions_per_job.append(flat_decisions[offset : offset + len(texts)])
         offset += len(texts)
 
-    results: list[dict[str, Any]] = []
+    results: list[JobResult | None] = [None] * len(jobs)
+    inputs: list[StageResult] = []
+    timings: list[dict[str, float]] = []
     to_generate: list[int] = []
-    for i, payload in enumerate(payloads):
-        timings: dict[str, float] = {"input_checks_ms": input_ms}
-        if payload.get("enqueued_at"):
-            timings["queue_ms"] = round(max(0.0, started - float(payload["enqueued_at"])) * 1000, 1)
-        input_block = _stage_block(decisions_per_job[i])
-        result: dict[str, Any] = {
-            "policy": lp.identity(),
-            "params": params[i],
-            "input": input_block,
-            "timings": timings,
-        }
-        if input_block["action"] == Action.BLOCK.value:
+    for i, job in enumerate(jobs):
+        timing: dict[str, float] = {"input_checks_ms": input_ms}
+        if job.enqueued_at:
+            timing["queue_ms"] = round(max(0.0, started - job.enqueued_at) * 1000, 1)
+        timings.append(timing)
+        inputs.append(_stage(decisions_per_job[i]))
+        if inputs[i].action == Action.BLOCK:
             # Never generate from a blocked prompt.
-            result.update(
-                action=Action.BLOCK.value,
+            timing["total_ms"] = round((time.time() - started) * 1000, 1)
+            results[i] = JobResult(
+                policy=identity,
+                params=job.params,
+                action=Action.BLOCK,
                 output=None,
                 blocked_stage="input",
-                findings=input_block["findings"],
-                usage={"prompt_tokens": 0, "completion_tokens": 0},
-                model={"id": payload["model"]},
+                input=inputs[i],
+                findings=inputs[i].findings,
+                model=ModelInfo(id=job.model),
+                timings=timing,
             )
-            timings["total_ms"] = round((time.time() - started) * 1000, 1)
         else:
             to_generate.append(i)
-        results.append(result)
     if not to_generate:
-        return results
+        return [r for r in results if r is not None]
 
     # Generation: submit every job at once so the batching generator decodes them together.
-    futures = {}
+    futures: dict[int, Future[GenerationOutput]] = {}
+    sample_futures: dict[int, Future[GenerationOutput]] = {}
     generators = {}
-    for i in to_generate:
-        payload = payloads[i]
-        prompt, messages = _redacted_request(payload, decisions_per_job[i])
-        sampling = sampling_params(params[i])
-        generator = get_generator(
-            payload["model"], generator_options(settings), evaluator_settings().model_dir
-        )
-        generators[i] = generator
-        futures[i] = generator.submit(DecodeRequest(prompt=prompt, messages=messages, params=sampling))
-    # Self-consistency: k extra sampled answers per job, decoded in the same batches.
     k = self_consistency_samples(engine)
-    sample_futures = {}
-    if k:
-        for i in to_generate:
-            base = params[i]
-            sampled = sampling_params({**base, "temperature": max(0.7, float(base["temperature"]))})
-            prompt, messages = _redacted_request(payloads[i], decisions_per_job[i])
-            sample_futures[i] = generators[i].submit(
-                DecodeRequest(prompt=prompt, messages=messages, params=sampled, num_return_sequences=k)
+    for i in to_generate:
+        job = jobs[i]
+        # A redacted prompt is generated from its redacted form.
+        prompt = job.with_user_texts([d.text or "" for d in decisions_per_job[i]])
+        generator = get_generator(job.model, generator_options(settings), evaluator_settings().model_dir)
+        generators[i] = generator
+        futures[i] = generator.submit(
+            DecodeRequest(prompt=prompt.prompt, messages=prompt.messages, params=job.params)
+        )
+        if k:
+            # Self-consistency: k extra sampled answers per job, decoded in the same batches.
+            sampled = job.params.model_copy(update={"temperature": max(0.7, job.params.temperature)})
+            sample_futures[i] = generator.submit(
+                DecodeRequest(
+                    prompt=prompt.prompt, messages=prompt.messages, params=sampled, num_return_sequences=k
+                )
             )
     outputs = {i: futures[i].result(timeout=settings.job_time_limit_s) for i in to_generate}
     samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}
 
     # Output checks: all outputs in one batch, with their grounding context.
     t0 = time.perf_counter()
-    contexts = [tuple(payloads[i].get("context") or ()) for i in to_generate]
+    contexts = [tuple(jobs[i].context or ()) for i in to_generate]
     out_decisions = engine.evaluate(
         [outputs[i].text for i in to_generate],
         "output",
@@ -241,28 +221,30 @@ def guarded_batch(
     output_ms = round((time.perf_counter() - t0) * 1000, 1)
     for i, decision in zip(to_generate, out_decisions, strict=True):
         out = outputs[i]
-        result = results[i]
-        output_block = _stage_block([decision])
-        timings = result["timings"]
-        timings.update(
+        output_stage = _stage([decision])
+        timing = timings[i]
+        timing.update(
             generate_ms=round(out.generate_ms, 1),
             generate_queue_ms=round(out.queue_ms, 1),
             output_checks_ms=output_ms,
             total_ms=round((time.time() - started) * 1000, 1),
         )
-        result.update(
-            action=decision.action.value,
+        results[i] = JobResult(
+            policy=identity,
+            params=jobs[i].params,
+            action=decision.action,
             output=decision.text,
             finish_reason=out.finish_reason,
-            output_checks=output_block,
-            findings=result["input"]["findings"] + output_block["findings"],
-            usage={"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
-            model=generators[i].info(),
+            input=inputs[i],
+            output_checks=output_stage,
+            findings=inputs[i].findings + output_stage.findings,
+            usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens),
+            model=ModelInfo.model_validate(generators[i].info()),
+            timings=timing,
             batch_rows=out.batch_rows,
+            raw_output=out.text if lp.policy.generation.return_raw_output else None,
         )
-        if lp.policy.generation.return_raw_output:
-            result["raw_output"] = out.text
-    return results
+    return [r for r in results if r is not None]
 
 
 def warm_up(settings: WorkerSettings | None = None) -> None:

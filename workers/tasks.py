@@ -14,7 +14,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from evaluators.contracts import Status
+from evaluators.contracts import GenerationJob, JobError, Status
 from evaluators.errors import AssayError
 from store.jobs import JobStore, job_store
 from workers.celery_app import app
@@ -29,34 +29,28 @@ def _store() -> JobStore:
 
 
 @app.task(name="assay.generate", acks_late=True, reject_on_worker_lost=True)
-def generate(payload: dict[str, Any]) -> dict[str, Any]:
-    job_id = str(payload["job_id"])
+def generate(message: dict[str, Any]) -> str:
+    """Run one job; the outcome goes to the job store (the broker carries no results)."""
+    job = GenerationJob.model_validate(message)
+    job_id = str(job.job_id)
     store = _store()
     if not store.mark_running(job_id):
         # Cancelled before it started, or a redelivery of a finished job.
         log.info("job %s skipped: not queued or running", job_id)
-        return {"job_id": job_id, "skipped": True}
+        return "skipped"
     try:
-        result = guarded_generation(payload)
+        result = guarded_generation(job)
     except AssayError as exc:
-        error = {"code": exc.code, "title": exc.title, "detail": exc.detail}
-        store.finish(job_id, Status.FAILED, error=error)
+        store.finish(job_id, Status.FAILED, error=JobError(code=exc.code, title=exc.title, detail=exc.detail))
         log.warning("job %s failed: %s", job_id, exc.code)
-        return {"job_id": job_id, "error": error}
+        return "failed"
     except Exception as exc:
-        store.finish(
-            job_id,
-            Status.FAILED,
-            error={
-                "code": "internal-error",
-                "title": "Job failed",
-                "detail": f"{type(exc).__name__}: {exc}",
-            },
-        )
+        error = JobError(code="internal-error", title="Job failed", detail=f"{type(exc).__name__}: {exc}")
+        store.finish(job_id, Status.FAILED, error=error)
         log.exception("job %s failed", job_id)
         raise
     store.finish(job_id, Status.SUCCEEDED, result=result)
-    return {"job_id": job_id, "action": result["action"]}
+    return result.action.value
 
 
 @worker_ready.connect

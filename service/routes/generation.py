@@ -10,87 +10,17 @@ import asyncio
 import hashlib
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evaluators.contracts import Status
+from evaluators.contracts import GenerationJob, GenerationRequest, JobError, Status
 from evaluators.errors import NotFound, Overloaded, PayloadTooLarge
 from service.problems import problem
 from service.state import AppState
 from store.records import JobRecord
-from workers.params import resolve_params
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
-    content: str = Field(description="The message text.")
-
-
-class GenerationParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(default=None, description="Sampling temperature; 0 is greedy.")
-    top_k: int | None = Field(default=None, description="Keep the k most likely tokens; 0 disables.")
-    top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
-    max_new_tokens: int | None = Field(default=None, description="Most tokens to generate.")
-    stop: list[str] | None = Field(default=None, description="Stop sequences, cut from the output.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
-    repetition_penalty: float | None = Field(default=None, description="Penalty on repeated tokens.")
-
-
-class FairnessRequest(BaseModel):
-    """Counterfactual fairness: the prompt's {group} slot filled per group."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dimension: str | None = Field(default=None, description="gender, race, religion, or your own label.")
-    groups: list[str] | None = Field(
-        default=None, min_length=2, max_length=12, description="Groups to compare; default per dimension."
-    )
-    samples_per_group: int | None = Field(
-        default=None, ge=1, le=16, description="Generations per group; default from the policy."
-    )
-
-    @model_validator(mode="after")
-    def _groups_or_dimension(self) -> FairnessRequest:
-        if not self.dimension and not self.groups:
-            raise ValueError("fairness needs a dimension or groups")
-        return self
-
-
-class GenerationRequestBody(BaseModel):
-    """A guarded generation job."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str | None = Field(default=None, description="A plain prompt (wrapped as one user message).")
-    messages: list[ChatMessage] | None = Field(default=None, description="Chat messages.")
-    model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
-    policy: str = Field(default="default", description="Policy whose checks guard the job.")
-    params: GenerationParams = Field(default_factory=GenerationParams, description="Sampling parameters.")
-    context: list[str] | None = Field(
-        default=None, description="Grounding documents the output is checked against (hallucination)."
-    )
-    fairness: FairnessRequest | None = Field(
-        default=None, description="Generate the prompt's {group} variants and score gaps between groups."
-    )
-
-    @model_validator(mode="after")
-    def _one_prompt(self) -> GenerationRequestBody:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("send exactly one of prompt or messages")
-        if self.messages is not None and not any(m.role == "user" for m in self.messages):
-            raise ValueError("messages need at least one user message")
-        text = (self.prompt or "") + "".join(m.content for m in self.messages or [])
-        if self.fairness is not None and "{group}" not in text:
-            raise ValueError("a fairness request needs a {group} slot in its prompt or messages")
-        return self
 
 
 def job_links(job_id: str) -> dict[str, str]:
@@ -110,14 +40,15 @@ def job_body(job: JobRecord) -> dict[str, Any]:
         "links": job_links(job.id),
     }
     if job.result is not None:
-        body["result"] = job.result
+        body["result"] = job.result.to_json()
     if job.error is not None:
         err = job.error
+        failed = job.status == Status.FAILED
         body["error"] = {
-            "type": f"https://assay.dev/problems/{err.get('code', 'job-failed')}",
-            "title": err.get("title", "Job failed" if job.status == Status.FAILED else "Job cancelled"),
-            "status": 500 if job.status == Status.FAILED else 409,
-            "detail": err.get("detail") or err.get("reason", ""),
+            "type": f"https://assay.dev/problems/{err.code or 'job-failed'}",
+            "title": err.title or ("Job failed" if failed else "Job cancelled"),
+            "status": 500 if failed else 409,
+            "detail": err.detail or err.reason or "",
         }
     return body
 
@@ -128,15 +59,15 @@ class GenerationController(Controller):
     @post("/v1/generations", summary="Queue a guarded generation job")
     async def create(
         self,
-        data: GenerationRequestBody,
+        data: GenerationRequest,
         state: State,
         wait: float = Parameter(default=0.0, ge=0.0, le=120.0, description="Seconds to wait for the result."),
     ) -> Response[dict[str, Any]]:
         app: AppState = state.assay
         jobs = app.jobs()
         lp = app.policy(data.policy)
-        params = resolve_params(lp.policy, data.params.model_dump(exclude_none=True))
-        texts = [data.prompt] if data.prompt is not None else [m.content for m in data.messages or []]
+        params = lp.policy.generation.resolve(data.params, policy=lp.name)
+        texts = data.texts()
         total = sum(len(t) for t in texts)
         if total > lp.policy.limits.max_chars:
             raise PayloadTooLarge(
@@ -159,25 +90,24 @@ class GenerationController(Controller):
             # Raw prompts are stored only when the policy opts in.
             raw_prompt=joined if lp.policy.store_raw_text else None,
         )
-        payload = {
-            "job_id": job_id,
-            "model": model,
-            "policy": lp.name,
-            "prompt": data.prompt,
-            "messages": [m.model_dump() for m in data.messages] if data.messages else None,
-            "params": params,
-            "context": data.context,
-            "fairness": data.fairness.model_dump(exclude_none=True) if data.fairness else None,
-            "enqueued_at": time.time(),
-        }
+        job = GenerationJob(
+            job_id=job_id,
+            model=model,
+            policy=lp.name,
+            prompt=data.prompt,
+            messages=data.messages,
+            params=params,
+            context=data.context,
+            fairness=data.fairness,
+            enqueued_at=time.time(),
+        )
         try:
-            await asyncio.to_thread(app.enqueue, payload, queue)
+            await asyncio.to_thread(app.enqueue, job, queue)
         except Exception as exc:
             # Record why, so the job is not lost silently, then tell the caller.
             detail = f"could not queue the job: {type(exc).__name__}"
-            await asyncio.to_thread(
-                jobs.finish, job_id, Status.FAILED, error={"code": "queue-unavailable", "detail": detail}
-            )
+            error = JobError(code="queue-unavailable", detail=detail)
+            await asyncio.to_thread(jobs.finish, job_id, Status.FAILED, error=error)
             raise Overloaded(detail, job_id=job_id) from exc
         if wait > 0:
             deadline = time.monotonic() + wait

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 import workers.pipeline as pipeline
+from evaluators.contracts import GenerationJob, SamplingParams
 from evaluators.policy import PolicyStore, parse_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,17 +30,18 @@ def selfcheck_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_answer_is_scored_against_its_own_samples(selfcheck_policy: None) -> None:
-    payload: dict[str, Any] = {
-        "policy": "selfcheck",
-        "model": "smollm2",
-        "prompt": "What is the capital of France? Answer in one sentence.",
-        "params": {"temperature": 0, "max_new_tokens": 24},
-    }
+    job = GenerationJob(
+        policy="selfcheck",
+        model="smollm2",
+        prompt="What is the capital of France? Answer in one sentence.",
+        params=SamplingParams(temperature=0, max_new_tokens=24),
+    )
     engine = pipeline.engine_for("selfcheck")
     assert pipeline.self_consistency_samples(engine) == 3
-    (result,) = pipeline.guarded_batch([payload])
-    checks = result["output_checks"]
-    assert checks["errors"] == [], checks["errors"]  # samples arrived: the check could evaluate
-    assert "hallucination.overall" in checks["scores"]
-    assert checks["engines"]["hallucination.overall"] == "minilm-similarity"
-    assert result["output"]
+    (result,) = pipeline.guarded_batch([job])
+    checks = result.output_checks
+    assert checks is not None
+    assert checks.errors == (), checks.errors  # samples arrived: the check could evaluate
+    assert "hallucination.overall" in checks.scores
+    assert checks.engines["hallucination.overall"] == "minilm-similarity"
+    assert result.output
