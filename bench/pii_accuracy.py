@@ -52,7 +52,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from evaluators.checks.base import CheckInput  # noqa: E402
-from evaluators.checks.pii import PREDEFINED_ENTITIES, PiiCheck, PiiConfig  # noqa: E402
+from evaluators.checks.pii import PiiCheck, PiiConfig  # noqa: E402
+from evaluators.checks.pii_engine import PREDEFINED_ENTITIES  # noqa: E402
 from evaluators.findings import Finding  # noqa: E402
 from evaluators.normalize import normalize  # noqa: E402
 

@@ -58,13 +58,12 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from bench.pii_accuracy import DATA as PRESIDIO_TABLES  # noqa: E402
 from bench.pii_accuracy import Stats, Tally, _entities, _match, load_cases, score_case  # noqa: E402
 from evaluators.checks.base import CheckInput  # noqa: E402
-from evaluators.checks.pii import (  # noqa: E402
+from evaluators.checks.pii import PiiCheck, PiiConfig  # noqa: E402
+from evaluators.checks.pii_engine import (  # noqa: E402
     RECOGNIZER_CLASSES,
-    PiiCheck,
-    PiiConfig,
-    _build_analyzer,
-    _build_nlp_engine,
-    _RecognizerSpec,
+    RecognizerSpec,
+    build_analyzer,
+    build_nlp_engine,
 )
 from evaluators.findings import Finding  # noqa: E402
 from evaluators.models import shared_model  # noqa: E402
@@ -126,17 +125,17 @@ class PreviousPiiCheck(PiiCheck):
     def _load(self) -> None:
         cfg = self.config
         specs = tuple(
-            _RecognizerSpec(c, (e,), tuple(cfg.context_words.get(e, ())))
+            RecognizerSpec(c, (e,), tuple(cfg.context_words.get(e, ())))
             for e in sorted(cfg.entities)
             for c in RECOGNIZER_CLASSES.get(e, ())
         )
         nlp_engine = shared_model(
             f"spacy:{cfg.spacy_model}:{cfg.language}",
-            lambda: _build_nlp_engine(cfg.spacy_model, cfg.language),
+            lambda: build_nlp_engine(cfg.spacy_model, cfg.language),
         )
         self._analyzer = shared_model(
             f"bench-previous:{cfg.spacy_model}:{[s.class_name + s.entities[0] for s in specs]}",
-            lambda: _build_analyzer(nlp_engine, specs, cfg.language),
+            lambda: build_analyzer(nlp_engine, specs, cfg.language),
         )
 
     @property

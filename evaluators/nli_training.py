@@ -41,7 +41,7 @@ from evaluators.batched_encode import encode_batched
 from evaluators.embeddings import minilm_path, split_sentences
 
 LABELS = {0: "not_entailment", 1: "entailment"}
-METADATA_FILE = "assay-model.json"  # evaluators.checks.hallucination.NLI_METADATA reads it
+METADATA_FILE = "assay-model.json"  # evaluators.checks.hallucination_nli.NLI_METADATA reads it
 # int8 is used at inference when it keeps held-out AUC within this of fp32.
 INT8_AUC_TOLERANCE = 0.005
 

@@ -34,28 +34,35 @@ samples in self-consistency mode) raises ``CheckFailed``, so the policy's
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import threading
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from evaluators.batched_encode import encode_batched
-from evaluators.build import BUILD_COMMAND, recipes
 from evaluators.checks.base import CheckBase, CheckInput
 from evaluators.checks.config import CheckConfigBase
+from evaluators.checks.hallucination_evidence import (
+    Chunk,
+    Sentence,
+    document_sentences,
+    evidence_windows,
+    premise,
+)
+from evaluators.checks.hallucination_nli import (
+    NliModel,
+    entailment_probs,
+    int8_recommended,
+    load_nli,
+    resolve_nli_folder,
+)
 from evaluators.embeddings import SentenceEncoder, sentence_encoder, split_sentences
-from evaluators.errors import CheckFailed, ModelMissingError
+from evaluators.errors import CheckFailed
 from evaluators.findings import Action, Finding, Span
 from evaluators.models import shared_model
-from evaluators.normalize import normalize
-from evaluators.settings import PROJECT_ROOT, evaluator_settings, resolve_device
+from evaluators.settings import evaluator_settings, resolve_device
 
 SIMILARITY_ENGINE = "minilm-similarity"
 
@@ -184,115 +191,6 @@ class HallucinationConfig(CheckConfigBase):
         return self
 
 
-@dataclass
-class _Nli:
-    """A loaded NLI classifier plus what scoring needs beside it."""
-
-    model: Any
-    tokenizer: Any
-    device: str
-    entailment: int
-    engine: str
-    max_length: int
-    precision: str = "fp32"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-# What a trained NLI folder says about itself (written by evaluators.nli_training).
-NLI_METADATA = "assay-model.json"
-
-
-def _nli_missing(detail: str) -> ModelMissingError:
-    return ModelMissingError(detail, field="nli_model")
-
-
-def resolve_nli_folder(value: str) -> Path:
-    """The folder ``nli_model`` names; ``ModelMissingError`` listing the places tried."""
-    path = Path(value).expanduser()
-    tried = [path] if path.is_absolute() else [PROJECT_ROOT / path, evaluator_settings().model_dir / path]
-    for candidate in tried:
-        if (candidate / "config.json").is_file():
-            return candidate.resolve()
-    hint = (
-        f"run `{BUILD_COMMAND}` to build it"
-        if value in recipes()
-        else "put a transformers sequence-classification model with an entailment label there"
-    )
-    raise _nli_missing(
-        f"NLI model folder {value!r} not found or lacks config.json (tried {', '.join(map(str, tried))}); "
-        + hint
-    )
-
-
-def int8_recommended(folder: Path) -> bool:
-    """Whether the model's build found int8 close enough to fp32 (``quantize_int8: auto``)."""
-    try:
-        meta = json.loads((folder / NLI_METADATA).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(isinstance(meta, dict) and meta.get("int8", {}).get("recommended"))
-
-
-def _load_nli(
-    folder: Path, device: str, *, int8: bool = False, max_length: int = 512, name: str | None = None
-) -> _Nli:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise _nli_missing(f"cannot load the NLI model in {folder}: {exc}") from exc
-    labels = {int(i): str(name) for i, name in (model.config.id2label or {}).items()}
-    # "entailment" or "ENTAILMENT", but not "not_entailment".
-    entail = [i for i, name in labels.items() if name.lower().startswith("entail")]
-    if len(entail) != 1:
-        raise _nli_missing(
-            f"NLI model in {folder} needs exactly one entailment label in config.id2label "
-            f"(it has {sorted(labels.values())})"
-        )
-    precision = "fp32"
-    if int8 and device == "cpu":
-        import torch
-
-        with warnings.catch_warnings():
-            # torch.ao eager quantization is deprecated in favour of torchao, not installed here.
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        precision = "int8"
-    limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
-    return _Nli(
-        model=model,
-        tokenizer=tokenizer,
-        device=device,
-        entailment=entail[0],
-        engine=f"nli:{name or folder.name}",
-        max_length=min(limit, max_length, 512),
-        precision=precision,
-    )
-
-
-def sentence_windows(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Windows ``[start, end)`` over sentences of ``lengths`` word pieces, each at most ``budget``.
-
-    A window takes whole consecutive sentences (one over-long sentence is a window of its own,
-    which the tokenizer truncates); the next starts half-way through it, so a fact that a window
-    edge cuts is whole in the next window.
-    """
-    out: list[tuple[int, int]] = []
-    start, n = 0, len(lengths)
-    while start < n:
-        end, total = start + 1, lengths[start]
-        while end < n and total + lengths[end] <= budget:
-            total += lengths[end]
-            end += 1
-        out.append((start, end))
-        if end >= n:
-            break
-        start = max(start + 1, (start + end) // 2)
-    return out
-
-
 @dataclass(frozen=True)
 class Claim:
     """One sentence of a text scored as a claim."""
@@ -303,60 +201,12 @@ class Claim:
     text: str
 
 
-@dataclass(frozen=True)
-class _Sentence:
-    encode: str
-    """The normalised sentence, as the models read it."""
-    shown: str
-    """The sentence as it stands in the document or sample, for ``detail.evidence``."""
-    group: int
-    """Which document (grounded) or sample (self-consistency) it comes from."""
-    start: int = 0
-    end: int = 0
-    """Offsets of ``shown`` in its document."""
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """An NLI premise: sentences (indices into the item's evidence) joined in document order."""
-
-    members: tuple[int, ...]
-    encode: str
-    shown: str
-    group: int
-
-
 @dataclass
 class _Scored:
     score: float
     support: float
     evidence: str
     entailment: float | None = None
-
-
-def _sentences(doc: str, group: int) -> list[_Sentence]:
-    norm = normalize(doc)
-    out = []
-    for start, end in split_sentences(norm.text):
-        o_start, o_end = norm.to_original(start, end)
-        out.append(
-            _Sentence(
-                encode=norm.text[start:end], shown=doc[o_start:o_end], group=group, start=o_start, end=o_end
-            )
-        )
-    return out
-
-
-def _chunk(ev: Sequence[_Sentence], members: Sequence[int], docs: Sequence[str]) -> _Chunk:
-    members = sorted(members)
-    first = ev[members[0]]
-    contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
-    same_doc = all(ev[i].group == first.group for i in members)
-    if contiguous and same_doc:
-        shown = docs[first.group][first.start : ev[members[-1]].end]
-    else:  # sentences from far apart: show them as the model reads them, side by side
-        shown = " … ".join(ev[i].shown for i in members)
-    return _Chunk(tuple(members), " ".join(ev[i].encode for i in members), shown, first.group)
 
 
 class HallucinationCheck(CheckBase):
@@ -368,7 +218,7 @@ class HallucinationCheck(CheckBase):
     def __init__(self, config: HallucinationConfig) -> None:
         super().__init__(config)
         self._encoder: SentenceEncoder | None = None
-        self._nli: _Nli | None = None
+        self._nli: NliModel | None = None
 
     def _load(self) -> None:
         cfg = self.config
@@ -383,7 +233,7 @@ class HallucinationCheck(CheckBase):
             name = Path(cfg.nli_model).name
             key = f"nli:{name}:{folder}:{device}:{'int8' if int8 else 'fp32'}:{cfg.max_length}"
             self._nli = shared_model(
-                key, lambda: _load_nli(folder, device, int8=int8, max_length=cfg.max_length, name=name)
+                key, lambda: load_nli(folder, device, int8=int8, max_length=cfg.max_length, name=name)
             )
 
     @property
@@ -433,7 +283,9 @@ class HallucinationCheck(CheckBase):
             return []
         claims = [self.claims(item) for item in batch]
         documents = [self._documents(item, i) for i, item in enumerate(batch)]
-        evidence = [[s for g, doc in enumerate(docs) for s in _sentences(doc, g)] for docs in documents]
+        evidence = [
+            [s for g, doc in enumerate(docs) for s in document_sentences(doc, g)] for docs in documents
+        ]
 
         # One encoder call for every claim and evidence sentence of the batch.
         texts = list(
@@ -446,7 +298,7 @@ class HallucinationCheck(CheckBase):
             raise CheckFailed(f"sentence encoding failed: {exc}", engine=SIMILARITY_ENGINE) from exc
 
         scored: list[list[_Scored]] = []
-        pairs: list[tuple[_Chunk, str]] = []
+        pairs: list[tuple[Chunk, str]] = []
         # For nli: per item, per claim, the queued pairs as (index into pairs, evidence group).
         queued: list[list[list[tuple[int, int]]]] = []
         for cs, ev, docs in zip(claims, evidence, documents, strict=True):
@@ -455,7 +307,9 @@ class HallucinationCheck(CheckBase):
             if cs and ev:
                 sims = vectors[[row[c.text] for c in cs]] @ vectors[[row[s.encode] for s in ev]].T
                 lengths = self._token_counts([s.encode for s in ev]) if self._nli is not None else []
-                windows = self._windows(ev, lengths) if self._nli is not None else []
+                windows = (
+                    evidence_windows(ev, lengths, self.config.chunk_tokens) if self._nli is not None else []
+                )
                 for claim, claim_sims in zip(cs, sims.tolist(), strict=True):
                     out.append(self._similarity(claim_sims, ev))
                     if self._nli is not None:
@@ -487,7 +341,7 @@ class HallucinationCheck(CheckBase):
 
         return [self._findings(item, cs, out) for item, cs, out in zip(batch, claims, scored, strict=True)]
 
-    def _similarity(self, sims: list[float], ev: list[_Sentence]) -> _Scored:
+    def _similarity(self, sims: list[float], ev: list[Sentence]) -> _Scored:
         """Support of one claim: best match (grounded) or mean over samples of the best match."""
         best_i = max(range(len(ev)), key=lambda i: sims[i])
         if self.config.mode == "grounded":
@@ -506,28 +360,15 @@ class HallucinationCheck(CheckBase):
             ids = self._nli.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]
 
-    def _windows(self, ev: list[_Sentence], lengths: list[int]) -> list[tuple[int, ...]]:
-        """The evidence windows of an item: sentence indices, per document, in order."""
-        out: list[tuple[int, ...]] = []
-        start = 0
-        while start < len(ev):
-            end = start
-            while end < len(ev) and ev[end].group == ev[start].group:
-                end += 1
-            for a, b in sentence_windows(lengths[start:end], self.config.chunk_tokens):
-                out.append(tuple(range(start + a, start + b)))
-            start = end
-        return out
-
     def _queue_pairs(
         self,
         claim: Claim,
         sims: list[float],
-        ev: list[_Sentence],
+        ev: list[Sentence],
         docs: list[str],
         windows: list[tuple[int, ...]],
         lengths: list[int],
-        pairs: list[tuple[_Chunk, str]],
+        pairs: list[tuple[Chunk, str]],
     ) -> list[tuple[int, int]]:
         """Queue (premise, claim) pairs: per group, the top_k windows by their best sentence
         similarity, plus the most similar sentences packed into one premise."""
@@ -559,7 +400,7 @@ class HallucinationCheck(CheckBase):
                 chosen.append(tuple(sorted(packed)))
             for w in chosen:
                 out.append((len(pairs), group))
-                pairs.append((_chunk(ev, w, docs), claim.text))
+                pairs.append((premise(ev, w, docs), claim.text))
         return out
 
     def _entailment(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -567,28 +408,10 @@ class HallucinationCheck(CheckBase):
         assert self._nli is not None
         if not pairs:
             return []
-        import torch
-
-        nli = self._nli
-
-        def forward(enc: Any, _batch: list[tuple[str, str]]) -> list[float]:
-            logits = nli.model(**enc).logits
-            probs: list[float] = torch.softmax(logits.float(), dim=-1)[:, nli.entailment].cpu().tolist()
-            return probs
-
         try:
-            return encode_batched(
-                pairs,
-                nli.tokenizer,
-                forward,
-                batch_size=self.config.batch_size,
-                max_length=nli.max_length,
-                kind="pair",
-                device=nli.device,
-                lock=nli.lock,
-            )
+            return entailment_probs(self._nli, pairs, self.config.batch_size)
         except Exception as exc:
-            raise CheckFailed(f"NLI scoring failed: {exc}", engine=nli.engine) from exc
+            raise CheckFailed(f"NLI scoring failed: {exc}", engine=self._nli.engine) from exc
 
     def _findings(self, item: CheckInput, claims: list[Claim], scored: list[_Scored]) -> list[Finding]:
         cfg = self.config

@@ -12,14 +12,11 @@ from typing import Any
 
 import pytest
 
-from evaluators.checks import hallucination
+from evaluators.checks import hallucination_nli
 from evaluators.checks.base import CheckInput
-from evaluators.checks.hallucination import (
-    HallucinationCheck,
-    HallucinationConfig,
-    resolve_nli_folder,
-    sentence_windows,
-)
+from evaluators.checks.hallucination import HallucinationCheck, HallucinationConfig
+from evaluators.checks.hallucination_evidence import sentence_windows
+from evaluators.checks.hallucination_nli import resolve_nli_folder
 from evaluators.errors import ModelMissingError
 from evaluators.findings import Finding
 from evaluators.nli_training import generated_pairs, swap_detail, train_nli
@@ -138,7 +135,7 @@ def test_int8_follows_the_build_verdict_unless_set(
     import torch
 
     folder = tiny_nli(tmp_path / f"m-{recorded}-{setting}", {0: "not_entailment", 1: "entailment"})
-    (folder / hallucination.NLI_METADATA).write_text(json.dumps({"int8": {"recommended": recorded}}))
+    (folder / hallucination_nli.NLI_METADATA).write_text(json.dumps({"int8": {"recommended": recorded}}))
     check = HallucinationCheck(make(engine="nli", nli_model=str(folder), quantize_int8=setting))
     check.load()
     assert check._nli is not None

@@ -12,14 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from evaluators.checks.base import CheckInput
-from evaluators.checks.pii import (
-    PREDEFINED_ENTITIES,
-    RECOGNIZER_CLASSES,
-    Candidate,
-    PiiCheck,
-    PiiConfig,
-    resolve_overlaps,
-)
+from evaluators.checks.pii import Candidate, PiiCheck, PiiConfig, resolve_overlaps
+from evaluators.checks.pii_engine import PREDEFINED_ENTITIES, RECOGNIZER_CLASSES
 from evaluators.errors import ModelMissingError
 from evaluators.findings import Action, Finding
 from evaluators.normalize import normalize

@@ -13,11 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from evaluators.checks.base import CheckInput
-from evaluators.checks.pii import (
+from evaluators.checks.pii import PiiCheck, PiiConfig
+from evaluators.checks.pii_engine import (
     KNOWN_ENTITIES,
     PREDEFINED_ENTITIES,
-    PiiCheck,
-    PiiConfig,
     recognizer_specs,
     resolve_ner_folder,
 )
