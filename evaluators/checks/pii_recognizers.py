@@ -6,7 +6,7 @@ spaCy NER, which misses many in short informal text, and addresses not at all.
 Patterns are case-sensitive where capitalisation is the signal (Presidio's
 default flags ignore case, which would make ``[A-Z]`` match any letter).
 
-Heavy imports (presidio, torch) stay inside functions, as in ``pii.py``.
+Heavy imports (presidio, torch) stay inside functions, as in ``pii_engine.py``.
 """
 
 from __future__ import annotations
