@@ -1,41 +1,68 @@
-"""Process-wide cache of loaded models: each model loads once per process.
+"""The process's model registry: every loaded model, engine and generator, loaded once.
 
-Checks ask for models by key (engine plus path); the first caller loads,
-concurrent callers wait on the same lock, later callers get the instance.
+Checks ask for models by key (engine plus path), the worker for policy engines
+and generators; the first caller loads, concurrent callers wait on the same
+lock, later callers get the instance. One registry per process, explicit and
+resettable: tests call ``registry().clear()`` instead of patching module caches.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_models: dict[str, Any] = {}
-_locks: dict[str, threading.Lock] = {}
-_guard = threading.Lock()
+
+class ModelRegistry:
+    """Loaded models by key; each loads once, under its own lock."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._fork_hook = False
+
+    def get(self, key: str, loader: Callable[[], T]) -> T:
+        """The model under ``key``, calling ``loader`` once if absent."""
+        if key in self._models:
+            return self._models[key]
+        with self._guard:
+            if not self._fork_hook and hasattr(os, "register_at_fork"):
+                # A lock held by another thread at fork time would stay held in the child.
+                os.register_at_fork(after_in_child=self._reset_locks)
+                self._fork_hook = True
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._models:
+                self._models[key] = loader()
+            return self._models[key]
+
+    def loaded_keys(self) -> list[str]:
+        """Keys of what this process loaded (for readiness and debugging)."""
+        return sorted(self._models)
+
+    def clear(self) -> None:
+        """Forget everything loaded: the next ``get`` loads again (tests, policy reloads)."""
+        with self._guard:
+            self._models.clear()
+            self._locks.clear()
+
+    def _reset_locks(self) -> None:
+        self._guard = threading.Lock()
+        self._locks = {}
+
+
+_REGISTRY = ModelRegistry()
+
+
+def registry() -> ModelRegistry:
+    """This process's registry."""
+    return _REGISTRY
 
 
 def shared_model(key: str, loader: Callable[[], T]) -> T:
-    """Return the model cached under ``key``, calling ``loader`` once if absent."""
-    if key in _models:
-        return _models[key]
-    with _guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
-        if key not in _models:
-            _models[key] = loader()
-        return _models[key]
-
-
-def loaded_keys() -> list[str]:
-    """Keys of the models loaded in this process (for readiness and debugging)."""
-    return sorted(_models)
-
-
-def clear() -> None:
-    """Forget every cached model (tests only)."""
-    with _guard:
-        _models.clear()
-        _locks.clear()
+    """The model under ``key`` in this process's registry, loaded once."""
+    return _REGISTRY.get(key, loader)

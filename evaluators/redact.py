@@ -7,33 +7,29 @@ characters replaces them with the rest of the match.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from evaluators.findings import Action, Finding
+from evaluators.models import shared_model
 
 REDACT_STYLES = ("tag", "mask", "hash")
 """Values of ``detail["redact_with"]``; anything else is treated as tag (fail safe)."""
 
-_engine: Any = None
-_engine_lock = threading.Lock()
-
 
 def _anonymizer() -> Any:
-    """Presidio's AnonymizerEngine, built on first use.
+    """Presidio's AnonymizerEngine, from the model registry (built on first use).
 
     Lazy because importing presidio_anonymizer imports presidio_analyzer and,
     through it, torch: seconds that a process which never redacts should not pay.
     """
-    global _engine
-    if _engine is None:
-        with _engine_lock:
-            if _engine is None:
-                from presidio_anonymizer import AnonymizerEngine
 
-                _engine = AnonymizerEngine()
-    return _engine
+    def build() -> Any:
+        from presidio_anonymizer import AnonymizerEngine
+
+        return AnonymizerEngine()
+
+    return shared_model("presidio-anonymizer", build)
 
 
 def _operator(label: str, style: str, longest: int) -> Any:

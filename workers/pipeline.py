@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future
-from functools import lru_cache
 
 from evaluators.contracts import (
     CheckErrorRecord,
@@ -29,6 +27,7 @@ from evaluators.contracts import (
 from evaluators.engine import Decision, PolicyEngine
 from evaluators.fairness import summarise, variants
 from evaluators.findings import Action
+from evaluators.models import shared_model
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
 from workers.generation import DecodeRequest, GenerationOutput, GeneratorOptions, get_generator
@@ -36,21 +35,17 @@ from workers.settings import WorkerSettings, worker_settings
 
 log = logging.getLogger(__name__)
 
-_engines: dict[str, PolicyEngine] = {}
-_engines_lock = threading.Lock()
 
-
-@lru_cache(maxsize=1)
 def worker_policies() -> PolicyStore:
-    return PolicyStore(load_policy_dir(evaluator_settings().policy_dir))
+    """The policies of ``ASSAY_POLICY_DIR``, loaded once per process (in the model registry)."""
+    folder = evaluator_settings().policy_dir
+    return shared_model(f"policies:{folder}", lambda: PolicyStore(load_policy_dir(folder)))
 
 
 def engine_for(name: str) -> PolicyEngine:
     """The policy's engine, built (models loaded) once per worker process, on first use."""
-    with _engines_lock:
-        if name not in _engines:
-            _engines[name] = PolicyEngine.build(worker_policies().get(name))
-        return _engines[name]
+    lp = worker_policies().get(name)
+    return shared_model(f"engine:{lp.name}:{lp.sha256}", lambda: PolicyEngine.build(lp))
 
 
 def _stage(decisions: list[Decision]) -> StageResult:

@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.datastructures import State
 
-from evaluators.models import loaded_keys
+from evaluators.models import registry
 from service.problems import problem
 from service.state import AppState
 
@@ -26,7 +26,7 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     body = {
         "status": "ready",
         "policies": app.policies.names(),
-        "models": loaded_keys(),
+        "models": registry().loaded_keys(),
         "uptime_s": round(time.time() - app.started_at, 1),
     }
     return Response(body, status_code=200)

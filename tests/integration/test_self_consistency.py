@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 import workers.pipeline as pipeline
 from evaluators.contracts import GenerationJob, SamplingParams
-from evaluators.policy import PolicyStore, parse_policy
+from evaluators.models import registry
+from evaluators.settings import evaluator_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,10 +27,13 @@ output:
 
 
 @pytest.fixture
-def selfcheck_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    store = PolicyStore({"selfcheck": parse_policy(POLICY, "selfcheck.yaml")})
-    monkeypatch.setattr(pipeline, "worker_policies", lambda: store)
-    monkeypatch.setattr(pipeline, "_engines", {})
+def selfcheck_policy(tmp_path: Path) -> Iterator[None]:
+    (tmp_path / "selfcheck.yaml").write_text(POLICY, encoding="utf-8")
+    settings = evaluator_settings().model_copy(update={"policy_dir": tmp_path})
+    with evaluator_settings.override(settings):
+        yield
+    # Engines built on the test's policy folder must not outlive it.
+    registry().clear()
 
 
 def test_answer_is_scored_against_its_own_samples(selfcheck_policy: None) -> None:

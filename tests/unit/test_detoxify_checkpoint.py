@@ -82,7 +82,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     out = root / "models" / "tiny-tox"
     report = tiny_train(data, out, val_fraction=0.25)
     yield data, out, report
-    models.clear()
+    models.registry().clear()
 
 
 def _check(checkpoint: str, **extra: object) -> ToxicityCheck:

@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from evaluators.contracts import ChatMessage, SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
+from evaluators.models import registry
 from workers.generation import (
     CONVERSION_MARKER,
     BatchingGenerator,
@@ -26,7 +27,6 @@ from workers.generation import (
     resolve_model,
     sampling_params,
 )
-from workers.generation import cache as generator_cache
 from workers.generation import resolve as resolution
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "to", "see"]
@@ -535,11 +535,13 @@ def test_get_generator_loads_once_per_key(monkeypatch: pytest.MonkeyPatch) -> No
         return self
 
     monkeypatch.setattr(Generator, "load", fake_load)
-    monkeypatch.setattr(generator_cache, "_generators", {})
+    registry().clear()
     a = get_generator("some-model")
     assert get_generator("some-model") is a
     b = get_generator("some-model", GeneratorOptions(dtype="bf16"))
     assert b is not a
     assert loads == ["some-model", "some-model"]
+    assert sum(k.startswith("generator:some-model:") for k in registry().loaded_keys()) == 2
     a.close()
     b.close()
+    registry().clear()

@@ -199,7 +199,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = root / "tiny-tier2"
     train_toxicity(data, out, epochs=1, batch_size=8, max_length=16, val_fraction=0.0)
     yield out
-    models.clear()
+    models.registry().clear()
 
 
 def engines_per_text(results: list[list[Finding]]) -> list[set[str]]:
