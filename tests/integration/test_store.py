@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect, text
 
-from evaluators.contracts import Status
+from evaluators.contracts import JobError, JobResult, ModelInfo, PolicyIdentity, SamplingParams, Status
+from evaluators.findings import Action
 from store.audits import AuditStore, audit_store
 from store.db import Database, database, reset_stores
 from store.jobs import JobStore, job_store
@@ -50,6 +51,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
         admin.dispose()
 
 
+PARAMS = SamplingParams(temperature=0)
+
+
+def _result(output: str) -> JobResult:
+    return JobResult(
+        policy=PolicyIdentity(name="default", version="1", sha256="a" * 64),
+        params=PARAMS,
+        action=Action.ALLOW,
+        output=output,
+        model=ModelInfo(id="smollm2"),
+    )
+
+
 def _job(store: JobStore, job_id: str) -> JobRecord:
     return store.create(
         job_id=job_id,
@@ -58,7 +72,7 @@ def _job(store: JobStore, job_id: str) -> JobRecord:
         policy_name="default",
         policy_sha256="a" * 64,
         prompt_sha256="b" * 64,
-        params={"temperature": 0},
+        params=PARAMS,
     )
 
 
@@ -83,22 +97,24 @@ def test_job_outcome_is_recorded_once(db_url: str) -> None:
     store = job_store(db_url)
     created = _job(store, "j1")
     assert created.status == Status.QUEUED and created.kind == "generation" and created.attempts == 0
-    assert created.created_at is not None and created.params == {"temperature": 0}
+    assert created.created_at is not None and created.params == PARAMS
     with pytest.raises(ValidationError):  # records are frozen copies, not live rows
         created.status = Status.RUNNING
     assert store.mark_running("j1")
     assert store.get("j1").status == Status.RUNNING  # type: ignore[union-attr]
-    assert store.finish("j1", Status.SUCCEEDED, result={"output": "Paris"})
+    assert store.finish("j1", Status.SUCCEEDED, result=_result("Paris"))
     # A redelivered copy finishing later must not overwrite the first outcome.
-    assert not store.finish("j1", Status.FAILED, error={"detail": "late duplicate"})
+    assert not store.finish("j1", Status.FAILED, error=JobError(detail="late duplicate"))
     job = store.get("j1")
-    assert job is not None and job.status == Status.SUCCEEDED and job.result == {"output": "Paris"}
+    assert job is not None and job.status == Status.SUCCEEDED and job.result == _result("Paris")
     assert not store.mark_running("j1")
 
     _job(store, "j2")
     assert store.cancel("j2")
     assert not store.mark_running("j2")
-    assert store.get("j2").status == Status.CANCELLED  # type: ignore[union-attr]
+    cancelled = store.get("j2")
+    assert cancelled is not None and cancelled.status == Status.CANCELLED
+    assert cancelled.error == JobError(reason="cancelled by request")
     with store.db.engine.connect() as c:  # the column holds the plain value, on both databases
         assert c.execute(text("select status from jobs where id = 'j2'")).scalar() == "cancelled"
     assert store.get("missing") is None
