@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from evaluators.errors import AssayError
+from evaluators.contracts import AuditRequest
+from evaluators.errors import AssayError, InputError
 
 
 def _bar(done: int, total: int, started: float, width: int = 30) -> str:
@@ -30,7 +32,7 @@ def _exit_code(record: dict[str, Any]) -> int:
 
 
 def _write(record: dict[str, Any], out: Path) -> None:
-    from service.routes.audits import write_reports
+    from evaluators.audit.export import write_reports
 
     for path in write_reports(record, out):
         print(f"wrote {path}", file=sys.stderr)
@@ -65,36 +67,34 @@ def run_remote(server: str, body: dict[str, Any], out: Path, poll_s: float = 1.0
     return _exit_code(record)
 
 
-def run_embedded(body: dict[str, Any], out: Path) -> int:
-    """Run the audit in this process on the local store, chunk by chunk."""
-    from evaluators.policy import PolicyStore, load_policy_dir
-    from evaluators.settings import evaluator_settings
-    from service.routes.audits import load_suite
-    from workers.audit import audit_store, chunks, create_run, maybe_finalize, run_chunk, work_items
-    from workers.params import resolve_params
+def run_embedded(request: AuditRequest, out: Path) -> int:
+    """Run the audit in this process on the local store, chunk by chunk, with the workers' runner."""
+    from evaluators.audit.runner import chunks, work_items
+    from evaluators.audit.suites import load_suite
+    from workers.audit import audit_runner
     from workers.settings import worker_settings
 
     settings = worker_settings()
-    lp = PolicyStore(load_policy_dir(evaluator_settings().policy_dir)).get(body["policy"])
-    suite = load_suite(body["suite"])
-    samples = int(body.get("samples_per_prompt", 1))
-    model = body.get("model") or settings.default_model
-    run = create_run(
-        lp, suite, model=model, queue="embedded", params=resolve_params(lp.policy, body.get("params")),
-        samples_per_prompt=samples,
-    )  # fmt: skip
-    store = audit_store(settings)
-    store.mark_started(run.id)
+    runner = audit_runner()
+    lp = runner.policies.get(request.policy)
+    run = runner.create(
+        lp,
+        load_suite(request.suite),
+        model=request.model or settings.default_model,
+        queue="embedded",
+        params=lp.policy.generation.resolve(request.params, policy=lp.name),
+        samples_per_prompt=request.samples_per_prompt,
+    )
+    runner.repo.mark_started(run.id)
     print(f"audit {run.id}: {run.total} items, embedded", file=sys.stderr)
     started = time.monotonic()
-    keys = [w.key for w in work_items(store.get_run(run.id) or run)]
     done = 0
-    for chunk in chunks(keys, settings.audit_chunk_size):
-        done += run_chunk(run.id, chunk, worker="embedded")
+    for chunk in chunks([w.key for w in work_items(run)], settings.audit_chunk_size):
+        done += runner.run_chunk(run.id, chunk, worker="embedded")
         print(_bar(done, run.total, started), end="", file=sys.stderr)
     print(file=sys.stderr)
-    maybe_finalize(run.id)
-    final = store.get_run(run.id)
+    runner.maybe_finalize(run.id)
+    final = runner.repo.get_run(run.id)
     if final is None or final.report is None:
         print(
             f"error: audit {run.id} did not finish: {final.status if final else 'missing'}", file=sys.stderr
@@ -105,22 +105,28 @@ def run_embedded(body: dict[str, Any], out: Path) -> int:
 
 
 def cmd_audit_run(args: Any) -> int:
-    body: dict[str, Any] = {
-        "suite": args.suite,
-        "model": args.model,
-        "policy": args.policy,
-        "samples_per_prompt": args.samples,
-        "params": json.loads(args.params) if args.params else {},
-    }
+    suite: str | dict[str, Any] = args.suite
     if args.suite.endswith((".yaml", ".yml", ".jsonl")) and Path(args.suite).is_file():
-        from evaluators.suites import load_suite_file
+        from evaluators.audit.suites import load_suite_file
 
-        body["suite"] = load_suite_file(Path(args.suite)).suite.model_dump(mode="json")
+        suite = load_suite_file(Path(args.suite)).suite.model_dump(mode="json")
+    try:
+        request = AuditRequest.model_validate(
+            {
+                "suite": suite,
+                "model": args.model,
+                "policy": args.policy,
+                "samples_per_prompt": args.samples,
+                "params": json.loads(args.params) if args.params else {},
+            }
+        )
+    except ValidationError as exc:
+        raise InputError(f"invalid audit request: {exc}") from exc
     out = Path(args.out)
     try:
         if args.server:
-            return run_remote(args.server, body, out)
-        return run_embedded(body, out)
+            return run_remote(args.server, request.model_dump(mode="json", exclude_none=True), out)
+        return run_embedded(request, out)
     except AssayError:
         raise
     except httpx.HTTPError as exc:
@@ -138,9 +144,9 @@ def cmd_audit_report(args: Any) -> int:
                 return 2
             record = r.json()
     else:
-        from workers.audit import audit_store
+        from workers.audit import run_store
 
-        run = audit_store().get_run(args.id)
+        run = run_store().get_run(args.id)
         if run is None or run.report is None:
             print(f"error: no finished audit {args.id} in the local store", file=sys.stderr)
             return 2

@@ -10,18 +10,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from evaluators.contracts import GenerationJob
+from evaluators.audit.runner import AuditRunner
+from evaluators.contracts import GenerationJob, JobResult
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
 from service.batching import MicroBatcher
 from service.settings import ServiceSettings
+from store.audits import audit_store
 from store.jobs import JobStore, job_store
 from workers.embedded import EmbeddedWorker
 from workers.settings import WorkerSettings, worker_settings
 
 log = logging.getLogger(__name__)
+
+
+def _no_batches_in_the_api(jobs: list[GenerationJob]) -> list[JobResult]:
+    # The API creates, reads and cancels runs; generating their items is the workers' job.
+    raise RuntimeError(f"the API process does not run audit items ({len(jobs)} sent); workers do")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ class AppState:
     def jobs(self) -> JobStore:
         """The job store (SQLite embedded, PostgreSQL by ASSAY_DATABASE_URL)."""
         return job_store(self.worker_settings.resolved_database_url())
+
+    def audits(self) -> AuditRunner:
+        """Audit runs on the store, with the API's policies; items run in workers, never here."""
+        store = audit_store(self.worker_settings.resolved_database_url())
+        return AuditRunner(store, _no_batches_in_the_api, self.policies)
 
     def celery(self) -> Any:
         # Imported lazily: moderation-only use never touches the queue.

@@ -7,10 +7,11 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from evaluators.contracts import Status
+from evaluators.contracts import AuditItemResult, ModelInfo, PolicyIdentity, SamplingParams, Status
+from evaluators.contracts import AuditRun as AuditRunContract
 from store.db import Database, database, insert_ignore
 from store.models import TERMINAL, AuditResult, AuditRun, ModelRecord, PolicyRecord, as_utc, utcnow
-from store.records import AuditResultRecord, AuditRunRecord, PolicyVersion
+from store.records import PolicyVersion
 
 
 class AuditStore:
@@ -26,14 +27,18 @@ class AuditStore:
         suite: dict[str, Any],
         model: str,
         queue: str,
-        policy: PolicyVersion,
-        params: dict[str, Any],
+        policy: PolicyIdentity,
+        policy_text: str,
+        params: SamplingParams,
         samples_per_prompt: int,
         total: int,
-    ) -> AuditRunRecord:
+    ) -> AuditRunContract:
         """Record a new queued run, and the policy version it runs under (once per sha256)."""
+        version = PolicyVersion(
+            sha256=policy.sha256, name=policy.name, version=policy.version, content=policy_text
+        )
         with self.db.session() as s:
-            insert_ignore(s, PolicyRecord.__table__, {**policy.model_dump(), "first_seen": utcnow()})
+            insert_ignore(s, PolicyRecord.__table__, {**version.model_dump(), "first_seen": utcnow()})
             run = AuditRun(
                 id=run_id,
                 status=Status.QUEUED,
@@ -44,18 +49,18 @@ class AuditStore:
                 queue=queue,
                 policy_name=policy.name,
                 policy_sha256=policy.sha256,
-                params=params,
+                params=params.model_dump(mode="json"),
                 samples_per_prompt=samples_per_prompt,
                 total=total,
             )
             s.add(run)
             s.flush()  # fills the column defaults (created_at)
-            return AuditRunRecord.model_validate(run)
+            return AuditRunContract.model_validate(run)
 
-    def get_run(self, run_id: str) -> AuditRunRecord | None:
+    def get_run(self, run_id: str) -> AuditRunContract | None:
         with self.db.session() as s:
             run = s.get(AuditRun, run_id)
-            return None if run is None else AuditRunRecord.model_validate(run)
+            return None if run is None else AuditRunContract.model_validate(run)
 
     def mark_started(self, run_id: str) -> bool:
         with self.db.session() as s:
@@ -70,31 +75,20 @@ class AuditStore:
         with self.db.session() as s:
             return set(s.scalars(select(AuditResult.key).where(AuditResult.run_id == run_id)))
 
-    def add_result(
-        self,
-        run_id: str,
-        *,
-        key: str,
-        item_id: str,
-        category: str,
-        group: str | None,
-        status: Status,
-        result: dict[str, Any],
-        worker: str | None,
-    ) -> bool:
-        """Record one item once; a second write of the same key is ignored (exactly once)."""
+    def add_result(self, run_id: str, result: AuditItemResult, *, status: Status, worker: str | None) -> int:
+        """Record one item once (1); a second write of the same key is ignored (0): exactly once."""
         with self.db.session() as s:
             return insert_ignore(
                 s,
                 AuditResult.__table__,
                 {
                     "run_id": run_id,
-                    "key": key,
-                    "item_id": item_id,
-                    "category": category,
-                    "group": group,
+                    "key": result.key,
+                    "item_id": result.item_id,
+                    "category": result.category,
+                    "group": result.group,
                     "status": status,
-                    "result": result,
+                    "result": result.to_json(),
                     "worker": worker,
                     "created_at": utcnow(),
                 },
@@ -104,17 +98,20 @@ class AuditStore:
         with self.db.session() as s:
             return int(s.scalar(select(func.count()).where(AuditResult.run_id == run_id)) or 0)
 
-    def results(self, run_id: str) -> list[AuditResultRecord]:
+    def results(self, run_id: str) -> list[AuditItemResult]:
+        """The run's item results, in the order they were written."""
         with self.db.session() as s:
-            rows = s.scalars(select(AuditResult).where(AuditResult.run_id == run_id).order_by(AuditResult.id))
-            return [AuditResultRecord.model_validate(row) for row in rows]
+            query = select(AuditResult.result).where(AuditResult.run_id == run_id).order_by(AuditResult.id)
+            return [AuditItemResult.model_validate(data) for data in s.scalars(query)]
 
     def last_result_at(self, run_id: str) -> dt.datetime | None:
         with self.db.session() as s:
             return s.scalar(select(func.max(AuditResult.created_at)).where(AuditResult.run_id == run_id))
 
-    def record_model(self, run_id: str, info: dict[str, Any]) -> None:
-        key = f"{info.get('id')}@{info.get('revision', '')}"
+    def record_model(self, run_id: str, model: ModelInfo) -> None:
+        """Keep the model's identity, and set it on the run the first time a worker reports it."""
+        info = model.model_dump(mode="json")
+        key = f"{model.id}@{model.revision or ''}"
         with self.db.session() as s:
             insert_ignore(s, ModelRecord.__table__, {"key": key, "info": info, "first_seen": utcnow()})
             s.execute(

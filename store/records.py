@@ -2,13 +2,13 @@
 
 Built from ORM rows with ``model_validate(row)`` (``from_attributes``), so callers
 outside ``store`` never hold an ORM object, nor lazy-load from a closed session.
-JSON columns come back as the contracts that were written (``evaluators.contracts``).
+JSON columns come back as the contracts that were written (``evaluators.contracts``);
+audit runs come back as ``evaluators.contracts.AuditRun`` itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,37 +47,3 @@ class PolicyVersion(_Record):
     name: str
     version: str
     content: str
-
-
-class AuditRunRecord(_Record):
-    id: str
-    status: Status
-    suite_name: str
-    suite_sha256: str
-    suite: dict[str, Any]
-    model: str
-    queue: str
-    policy_name: str
-    policy_sha256: str
-    params: dict[str, Any]
-    samples_per_prompt: int
-    total: int
-    model_info: dict[str, Any] | None
-    report: dict[str, Any] | None
-    error: dict[str, Any] | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-
-
-class AuditResultRecord(_Record):
-    id: int
-    run_id: str
-    key: str
-    item_id: str
-    category: str
-    group: str | None
-    status: Status
-    result: dict[str, Any]
-    worker: str | None
-    created_at: dt.datetime

@@ -17,6 +17,7 @@ from celery.signals import worker_ready
 from evaluators.contracts import GenerationJob, JobError, Status
 from evaluators.errors import AssayError
 from store.jobs import JobStore, job_store
+from workers.audit import audit_runner, run_store
 from workers.celery_app import app
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
@@ -68,31 +69,23 @@ def _warm_up_in_background(sender: Any = None, **_: Any) -> None:
 
 
 def _enqueue_chunk(run_id: str, keys: list[str]) -> None:
-    from workers.audit import audit_store
-
-    run = audit_store().get_run(run_id)
+    run = run_store().get_run(run_id)
     queue = run.queue if run is not None else worker_settings().default_queue
     audit_chunk.apply_async(args=[run_id, keys], queue=queue, routing_key=queue)
 
 
 @app.task(name="assay.audit.start", acks_late=True, reject_on_worker_lost=True)
 def audit_start(run_id: str) -> int:
-    from workers.audit import start_run
-
-    return start_run(run_id, _enqueue_chunk, worker_settings().audit_chunk_size)
+    return audit_runner().start(run_id, _enqueue_chunk, worker_settings().audit_chunk_size)
 
 
 @app.task(name="assay.audit.chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
 def audit_chunk(self: Any, run_id: str, keys: list[str]) -> int:
-    from workers.audit import run_chunk
-
-    return run_chunk(run_id, keys, worker=getattr(self.request, "hostname", None))
+    return audit_runner().run_chunk(run_id, keys, worker=getattr(self.request, "hostname", None))
 
 
 @app.task(name="assay.audit.sweep")
 def audit_sweep() -> dict[str, int]:
     """Periodic (beat): re-send missing items of runs that stopped making progress."""
-    from workers.audit import sweep
-
     settings = worker_settings()
-    return sweep(_enqueue_chunk, settings.audit_chunk_size, settings.audit_stalled_after_s)
+    return audit_runner().sweep(_enqueue_chunk, settings.audit_chunk_size, settings.audit_stalled_after_s)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from evaluators.audit.aggregate import aggregate, item_result
 from evaluators.audit.gates import evaluate_gates
 from evaluators.audit.record import build_run_record
-from evaluators.audit.suites import parse_suite
+from evaluators.audit.suites import LoadedSuite, parse_suite
 from evaluators.contracts import (
     AuditItem,
     AuditItemResult,
@@ -30,9 +31,12 @@ from evaluators.contracts import (
     GenerationJob,
     JobResult,
     ModelInfo,
+    PolicyIdentity,
+    SamplingParams,
     Status,
 )
-from evaluators.policy import PolicyStore
+from evaluators.errors import InputError
+from evaluators.policy import LoadedPolicy, PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,21 @@ Enqueue = Callable[[str, list[str]], None]
 class AuditRepository(Protocol):
     """What the runner needs from the store."""
 
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        suite_name: str,
+        suite_sha256: str,
+        suite: dict[str, Any],
+        model: str,
+        queue: str,
+        policy: PolicyIdentity,
+        policy_text: str,
+        params: SamplingParams,
+        samples_per_prompt: int,
+        total: int,
+    ) -> AuditRun: ...
     def get_run(self, run_id: str) -> AuditRun | None: ...
     def mark_started(self, run_id: str) -> bool: ...
     def done_keys(self, run_id: str) -> set[str]: ...
@@ -76,6 +95,34 @@ class AuditRunner:
         self.repo = repo
         self.run_batch = run_batch
         self.policies = policies
+
+    def create(
+        self,
+        lp: LoadedPolicy,
+        suite: LoadedSuite,
+        *,
+        model: str,
+        queue: str,
+        params: SamplingParams,
+        samples_per_prompt: int,
+    ) -> AuditRun:
+        """Record a new queued run of ``suite`` under ``lp`` (and the policy version, by sha256)."""
+        items = suite.expand(samples_per_prompt)
+        if not items:
+            raise InputError("the suite has no items")
+        return self.repo.create_run(
+            run_id=uuid.uuid4().hex,
+            suite_name=suite.name,
+            suite_sha256=suite.sha256,
+            suite=suite.suite.model_dump(mode="json"),
+            model=model,
+            queue=queue,
+            policy=PolicyIdentity(**lp.identity()),
+            policy_text=lp.path.read_text("utf-8"),
+            params=params,
+            samples_per_prompt=samples_per_prompt,
+            total=len(items),
+        )
 
     def start(self, run_id: str, enqueue: Enqueue, chunk_size: int) -> int:
         """Mark the run started and enqueue a chunk for every item without a result."""

@@ -23,9 +23,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from evaluators.checks.config import Strict
 from evaluators.contracts import GROUP_PLACEHOLDER, AuditItem, ChatMessage, work_key
-from evaluators.errors import FileValidationError, Location, Problem
+from evaluators.errors import FileValidationError, InputError, Location, NotFound, Problem
 from evaluators.fairness import DEFAULT_GROUPS
+from evaluators.settings import PROJECT_ROOT
 from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
+
+# Suites that ship with Assay; the API and the CLI take them by name.
+SHIPPED_SUITES = PROJECT_ROOT / "suites"
 
 
 class SuiteError(FileValidationError):
@@ -432,6 +436,20 @@ def load_suite_file(path: Path | str) -> LoadedSuite:
     if path.suffix.lower() == ".jsonl":
         return parse_suite_jsonl(text, str(path), path.stem, path)
     return parse_suite_yaml(text, str(path), path)
+
+
+def load_suite(spec: str | dict[str, Any], suite_dir: Path = SHIPPED_SUITES) -> LoadedSuite:
+    """An inline suite, or a shipped one by name from ``suite_dir`` (never a path: the API takes names)."""
+    if isinstance(spec, dict):
+        return parse_suite(spec, file="<inline suite>")
+    if "/" in spec or spec.startswith("."):
+        raise InputError("name a shipped suite, or send the suite inline")
+    for ext in (".yaml", ".yml", ".jsonl"):
+        path = suite_dir / f"{spec}{ext}"
+        if path.is_file():
+            return load_suite_file(path)
+    known = sorted(p.stem for p in suite_dir.glob("*") if p.suffix in {".yaml", ".yml", ".jsonl"})
+    raise NotFound(f"no suite named {spec!r}; shipped: {', '.join(known)}")
 
 
 def load_suite_dir(directory: Path) -> dict[str, LoadedSuite]:

@@ -12,7 +12,15 @@ audit aggregation) own the types they read; it imports nothing but the
 evaluators' findings and pydantic.
 """
 
-from evaluators.contracts.audits import AuditItem, AuditItemResult, AuditRun, ItemFinding, Status, work_key
+from evaluators.contracts.audits import (
+    AuditItem,
+    AuditItemResult,
+    AuditRequest,
+    AuditRun,
+    ItemFinding,
+    Status,
+    work_key,
+)
 from evaluators.contracts.base import Contract
 from evaluators.contracts.jobs import (
     GROUP_PLACEHOLDER,
@@ -43,6 +51,7 @@ __all__ = [
     "GROUP_PLACEHOLDER",
     "AuditItem",
     "AuditItemResult",
+    "AuditRequest",
     "AuditRun",
     "ChatMessage",
     "CheckErrorRecord",

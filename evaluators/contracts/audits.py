@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from evaluators.contracts.base import Contract
-from evaluators.contracts.jobs import ChatMessage, GenerationJob, Prompt, SamplingParams
+from evaluators.contracts.jobs import ChatMessage, GenerationJob, Prompt, SamplingOverrides, SamplingParams
 from evaluators.contracts.results import ModelInfo, SpanRecord
 from evaluators.findings import Action
 
@@ -81,6 +81,18 @@ class AuditItem(Contract):
             return self.prompt
         users = [m.content for m in self.messages or () if m.role == "user"]
         return users[-1] if users else None
+
+
+class AuditRequest(Contract):
+    """``POST /v1/audits`` and ``assay audit run``: a suite through a model under a policy."""
+
+    suite: str | dict[str, Any] = Field(
+        description="A shipped suite's name (see suites/), or an inline suite {name, version, items}."
+    )
+    model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
+    policy: str = Field(default="default", description="Policy whose checks and gates apply.")
+    params: SamplingOverrides = Field(default_factory=SamplingOverrides, description="Sampling parameters.")
+    samples_per_prompt: int = Field(default=1, ge=1, le=20, description="Generations per prompt.")
 
 
 class ItemFinding(Contract):

@@ -3,53 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
+import datetime as dt
+import time
 from typing import Any, Literal
 
 from litestar import Controller, MediaType, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
-from pydantic import BaseModel, ConfigDict, Field
 
-from evaluators.contracts import Status
+from evaluators.audit.suites import load_suite
+from evaluators.contracts import AuditRequest, AuditRun, ModelInfo, Status
 from evaluators.errors import InputError, NotFound
-from evaluators.settings import PROJECT_ROOT
 from service.problems import problem
 from service.state import AppState
-from store.records import AuditRunRecord
-from workers.params import resolve_params
-
-SUITE_DIR = PROJECT_ROOT / "suites"
-
-
-class AuditRequest(BaseModel):
-    """A pre-release audit: a suite through a model under a policy."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    suite: str | dict[str, Any] = Field(
-        description="A shipped suite's name (see suites/), or an inline suite {name, version, items}."
-    )
-    model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
-    policy: str = Field(default="default", description="Policy whose checks and gates apply.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Generation parameters.")
-    samples_per_prompt: int = Field(default=1, ge=1, le=20, description="Generations per prompt.")
-
-
-def load_suite(spec: str | dict[str, Any]) -> Any:
-    from evaluators.suites import load_suite_file, parse_suite
-
-    if isinstance(spec, dict):
-        return parse_suite(spec, file="<inline suite>")
-    if "/" in spec or spec.startswith("."):
-        raise InputError("name a shipped suite, or send the suite inline")
-    for ext in (".yaml", ".yml", ".jsonl"):
-        path = SUITE_DIR / f"{spec}{ext}"
-        if path.is_file():
-            return load_suite_file(path)
-    known = sorted(p.stem for p in SUITE_DIR.glob("*") if p.suffix in {".yaml", ".yml", ".jsonl"})
-    raise NotFound(f"no suite named {spec!r}; shipped: {', '.join(known)}")
 
 
 def audit_links(run_id: str) -> dict[str, str]:
@@ -62,24 +28,57 @@ def audit_links(run_id: str) -> dict[str, str]:
     }
 
 
-def run_summary(app: AppState, run: AuditRunRecord) -> dict[str, Any]:
-    """Status, progress and (partial) aggregates; heavy parts run in a worker thread."""
-    from workers.audit import audit_store, progress, run_record, run_to_dict
+def run_body(run: AuditRun) -> dict[str, Any]:
+    """A run as the API shows it (no suite items, no raw text)."""
+    return {
+        "id": run.id,
+        "status": run.status,
+        "suite": {"name": run.suite_name, "sha256": run.suite_sha256, "version": run.suite.get("version")},
+        "model": (run.model_info or ModelInfo(id=run.model)).model_dump(mode="json"),
+        "policy": {"name": run.policy_name, "sha256": run.policy_sha256},
+        "params": run.params.model_dump(mode="json"),
+        "samples_per_prompt": run.samples_per_prompt,
+        "total": run.total,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
 
-    store = audit_store(app.worker_settings)
-    body = run_to_dict(run)
+
+def progress(run: AuditRun, done: int) -> dict[str, Any]:
+    """Items done, rate and estimated time left."""
+    elapsed = 0.0
+    if run.started_at is not None:
+        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.UTC)
+        elapsed = max(0.0, (dt.datetime.now(dt.UTC) - started).total_seconds())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, run.total - done)
+    return {
+        "done": done,
+        "total": run.total,
+        "rate_per_min": round(rate * 60, 2),
+        "eta_s": round(remaining / rate, 1) if rate > 0 and remaining else (0.0 if not remaining else None),
+        "elapsed_s": round(elapsed, 1),
+        "at": time.time(),
+    }
+
+
+def run_summary(app: AppState, run: AuditRun) -> dict[str, Any]:
+    """Status, progress and (partial) aggregates; heavy parts run in a worker thread."""
+    runner = app.audits()
+    body = run_body(run)
     body["links"] = audit_links(run.id)
     if run.report is not None:
         # Finished: the stored record has everything; only count the rows.
-        body["progress"] = progress(run, store.count_results(run.id))
+        body["progress"] = progress(run, runner.repo.count_results(run.id))
         body["verdict"] = run.report.get("verdict")
         body["metrics"] = run.report.get("metrics")
         body["gates"] = run.report.get("gates")
     else:
-        results = store.results(run.id)
+        results = runner.repo.results(run.id)
         body["progress"] = progress(run, len(results))
         if results:
-            partial = run_record(run, results, status=run.status)
+            partial = runner.record(run, results, status=run.status)
             body["partial"] = {k: partial[k] for k in ("metrics", "per_category", "gates", "warnings")}
     if run.error:
         body["error"] = run.error
@@ -94,16 +93,12 @@ class AuditController(Controller):
     async def create(self, data: AuditRequest, state: State) -> Response[dict[str, Any]]:
         app: AppState = state.assay
         lp = app.policy(data.policy)
-        params = resolve_params(lp.policy, data.params)
+        params = lp.policy.generation.resolve(data.params, policy=lp.name)
         suite = await asyncio.to_thread(load_suite, data.suite)
-        if not suite.expand(data.samples_per_prompt):
-            raise InputError("the suite has no items")
         settings = app.worker_settings
         model = data.model or settings.default_model
-        from workers.audit import create_run
-
         run = await asyncio.to_thread(
-            create_run,
+            app.audits().create,
             lp,
             suite,
             model=model,
@@ -119,10 +114,8 @@ class AuditController(Controller):
             headers={"Location": f"/v1/audits/{run.id}"},
         )
 
-    async def _run(self, app: AppState, run_id: str) -> AuditRunRecord:
-        from workers.audit import audit_store
-
-        run = await asyncio.to_thread(audit_store(app.worker_settings).get_run, run_id)
+    async def _run(self, app: AppState, run_id: str) -> AuditRun:
+        run = await asyncio.to_thread(app.audits().repo.get_run, run_id)
         if run is None:
             raise NotFound(f"no audit run {run_id!r}")
         return run
@@ -135,13 +128,11 @@ class AuditController(Controller):
 
     @delete("/{run_id:str}", status_code=200, summary="Cancel an audit run")
     async def cancel(self, run_id: str, state: State) -> Response[dict[str, Any]]:
-        from workers.audit import cancel_run
-
         app: AppState = state.assay
         run = await self._run(app, run_id)
         if run.status.terminal:
             return problem(409, "Audit already finished", f"run {run_id} is {run.status}", "audit-finished")
-        await asyncio.to_thread(cancel_run, run_id)
+        await asyncio.to_thread(app.audits().cancel, run_id)
         run = await self._run(app, run_id)
         return Response(await asyncio.to_thread(run_summary, app, run), status_code=200)
 
@@ -151,9 +142,7 @@ class AuditController(Controller):
         run = await self._run(app, run_id)
         if run.status.terminal:
             return {"id": run_id, "status": run.status, "resent": 0}
-        from workers.audit import audit_store
-
-        done = await asyncio.to_thread(audit_store(app.worker_settings).count_results, run_id)
+        done = await asyncio.to_thread(app.audits().repo.count_results, run_id)
         await asyncio.to_thread(app.send, "assay.audit.start", [run_id], run.queue)
         return {"id": run_id, "status": run.status, "resent": max(0, run.total - done)}
 
@@ -164,7 +153,9 @@ class AuditController(Controller):
         state: State,
         format: Literal["json", "html", "junit"] = Parameter(default="json", description="Report format."),
     ) -> Response[Any]:
-        from service import reports
+        from evaluators.audit.junit import render_junit
+        from evaluators.audit.record import render_json
+        from evaluators.audit.render import render_html
 
         app: AppState = state.assay
         run = await self._run(app, run_id)
@@ -175,32 +166,19 @@ class AuditController(Controller):
             )  # fmt: skip
         record = run.report
         if format == "html":
-            return Response(reports.render_html(record), media_type=MediaType.HTML)
+            return Response(render_html(record), media_type=MediaType.HTML)
         if format == "junit":
-            return Response(reports.render_junit(record), media_type="application/xml")
-        return Response(reports.render_json(record), media_type=MediaType.JSON)
+            return Response(render_junit(record), media_type="application/xml")
+        return Response(render_json(record), media_type=MediaType.JSON)
 
     @get("/{run_a:str}/compare/{run_b:str}", summary="What got better or worse from run a to run b")
     async def compare(self, run_a: str, run_b: str, state: State) -> dict[str, Any]:
-        from service import reports
+        from evaluators.audit.compare import compare as compare_runs
 
         app: AppState = state.assay
         a, b = await self._run(app, run_a), await self._run(app, run_b)
         if a.report is None or b.report is None:
             pending = a if a.report is None else b
             raise InputError(f"run {pending.id} has no report yet (status {pending.status})")
-        result: dict[str, Any] = reports.compare(a.report, b.report)
+        result: dict[str, Any] = compare_runs(a.report, b.report)
         return result
-
-
-def write_reports(record: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write the three report files (used by the CLI)."""
-    from service import reports
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"audit-{record['id']}"
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.html", out_dir / f"{stem}.junit.xml"]
-    paths[0].write_text(json.dumps(reports.render_json(record), indent=2), encoding="utf-8")
-    paths[1].write_text(reports.render_html(record), encoding="utf-8")
-    paths[2].write_text(reports.render_junit(record), encoding="utf-8")
-    return paths

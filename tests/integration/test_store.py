@@ -5,18 +5,26 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect, text
 
-from evaluators.contracts import JobError, JobResult, ModelInfo, PolicyIdentity, SamplingParams, Status
+from evaluators.contracts import (
+    AuditItemResult,
+    AuditRun,
+    JobError,
+    JobResult,
+    ModelInfo,
+    PolicyIdentity,
+    SamplingParams,
+    Status,
+)
 from evaluators.findings import Action
 from store.audits import AuditStore, audit_store
 from store.db import Database, database, reset_stores
 from store.jobs import JobStore, job_store
-from store.records import AuditRunRecord, JobRecord, PolicyVersion
+from store.records import JobRecord
 
 PG_ADMIN = os.environ.get("ASSAY_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -120,21 +128,23 @@ def test_job_outcome_is_recorded_once(db_url: str) -> None:
     assert store.get("missing") is None
 
 
-def _run(audits: AuditStore, run_id: str, policy: PolicyVersion) -> AuditRunRecord:
+def _run(audits: AuditStore, run_id: str, policy: PolicyIdentity) -> AuditRun:
     return audits.create_run(
         run_id=run_id, suite_name="s", suite_sha256="c" * 64, suite={"items": []}, model="m", queue="cpu",
-        policy=policy, params={}, samples_per_prompt=1, total=2,
+        policy=policy, policy_text="name: default", params=SamplingParams(seed=3), samples_per_prompt=1,
+        total=2,
     )  # fmt: skip
 
 
 def test_audit_results_count_exactly_once(db_url: str) -> None:
     audits = audit_store(db_url)
-    policy = PolicyVersion(sha256="a" * 64, name="default", version="1", content="name: default")
+    policy = PolicyIdentity(sha256="a" * 64, name="default", version="1")
     created = _run(audits, "r1", policy)
     assert (
         created.status == Status.QUEUED
         and created.policy_sha256 == "a" * 64
         and created.created_at is not None
+        and created.params == SamplingParams(seed=3)
     )
     # The same policy version recorded by a second run is not duplicated.
     _run(audits, "r2", policy)
@@ -142,17 +152,12 @@ def test_audit_results_count_exactly_once(db_url: str) -> None:
         assert c.execute(text("select count(*) from policies")).scalar() == 1
     assert audits.mark_started("r1")
     assert audits.stalled_runs(3600) == [] and audits.stalled_runs(-1) == ["r1"]
-    kw: dict[str, Any] = {
-        "item_id": "i1",
-        "category": "c",
-        "group": None,
-        "status": Status.SUCCEEDED,
-        "worker": "w1",
-    }
-    assert audits.add_result("r1", key="i1##0", result={"action": "allow"}, **kw)
-    assert not audits.add_result("r1", key="i1##0", result={"action": "block"}, **kw)
+    first = AuditItemResult(key="i1##0", item_id="i1", category="c", action=Action.ALLOW)
+    again = first.model_copy(update={"action": Action.BLOCK})
+    assert audits.add_result("r1", first, status=Status.SUCCEEDED, worker="w1") == 1
+    assert audits.add_result("r1", again, status=Status.SUCCEEDED, worker="w2") == 0
     assert audits.count_results("r1") == 1
-    assert audits.results("r1")[0].result == {"action": "allow"}
+    assert audits.results("r1") == [first]
     assert audits.done_keys("r1") == {"i1##0"}
     assert audits.finish_run("r1", Status.SUCCEEDED, report={"verdict": "pass"})
     assert not audits.finish_run("r1", Status.FAILED)
