@@ -7,6 +7,7 @@ redacted text and scores; raw text only when the policy opts in
 (``store_raw_text``).
 
 ``db`` holds engines and migrations, ``models`` the ORM tables, ``jobs`` and
-``audits`` the repositories. Repositories take plain arguments and return the
-frozen records of ``records``, so no ORM object leaves this package.
+``audits`` the repositories. Repositories take plain arguments or contracts and
+return frozen values (``records``, or ``evaluators.contracts`` types), so no ORM
+object leaves this package.
 """
