@@ -4,7 +4,12 @@ Requests for the same key (policy and stage) queue up; one drain task per
 key takes everything queued (up to ``max_batch``), hands it to a thread pool
 as one batch, and resolves each request's future. While a batch runs, the
 next one fills by itself, so there is no fixed delay at low load and large
-batches at high load. ``wait_ms`` adds a short window to gather stragglers.
+batches at high load.
+
+Adaptive: a request that finds no batch in flight is dispatched at once (an
+app making one call at a time pays nothing for batching). Only while other
+batches hold the inference threads, so that a new batch would wait anyway,
+does ``wait_ms`` gather stragglers into it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class MicroBatcher(Generic[I, R]):
         self._queues: dict[Hashable, asyncio.Queue[tuple[I, asyncio.Future[R]]]] = {}
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._pending = 0
+        self._inflight = 0
+        """Batches handed to the executor and not finished yet (all keys)."""
 
     async def submit(self, key: Hashable, item: I) -> R:
         return (await self.submit_many(key, [item]))[0]
@@ -76,7 +83,9 @@ class MicroBatcher(Generic[I, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
-            if self._wait_s and queue.qsize() < self._max_batch - 1:
+            if self._wait_s and self._inflight and queue.qsize() < self._max_batch - 1:
+                # The inference threads are busy: this batch would queue behind
+                # another anyway, so let it fill for a moment.
                 await asyncio.sleep(self._wait_s)
             while len(batch) < self._max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
@@ -86,6 +95,7 @@ class MicroBatcher(Generic[I, R]):
             if not live:
                 continue
             items = [item for item, _ in live]
+            self._inflight += 1
             try:
                 results = await loop.run_in_executor(self._executor, self._runner, key, items)
             except Exception as exc:
@@ -93,9 +103,16 @@ class MicroBatcher(Generic[I, R]):
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self._inflight -= 1
             for (_, fut), result in zip(live, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+
+    @property
+    def inflight(self) -> int:
+        """Batches running in the executor now."""
+        return self._inflight
 
     async def close(self) -> None:
         for task in self._tasks.values():

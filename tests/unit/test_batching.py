@@ -122,3 +122,50 @@ def test_queue_bound_rejects_with_overloaded(executor: ThreadPoolExecutor) -> No
             await batcher.close()
 
     asyncio.run(main())
+
+
+def test_an_idle_batcher_dispatches_at_once(executor: ThreadPoolExecutor) -> None:
+    # A 10 s gathering window: a lone request must not wait for it (nothing is in flight).
+    runner = RecordingRunner(delay_s=0.0)
+
+    async def main() -> int:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, wait_ms=10_000)
+        try:
+            return await asyncio.wait_for(batcher.submit("k", 21), timeout=5)
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == 42
+    assert runner.calls == [("k", [21])]
+
+
+def test_a_busy_executor_lets_a_batch_gather(executor: ThreadPoolExecutor) -> None:
+    # Key "a" holds the only inference thread; requests for "b" arriving meanwhile
+    # (50 ms apart) wait in the gathering window and go as one batch.
+    release = threading.Event()
+    calls: list[tuple[Hashable, list[int]]] = []
+
+    def runner(key: Hashable, items: Sequence[int]) -> list[int]:
+        if key == "a":
+            release.wait(5)
+        calls.append((key, list(items)))
+        return list(items)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, wait_ms=400)
+        try:
+            blocker = asyncio.ensure_future(batcher.submit("a", 0))
+            await asyncio.sleep(0.05)
+            assert batcher.inflight == 1
+            first = asyncio.ensure_future(batcher.submit("b", 1))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(batcher.submit("b", 2))
+            await asyncio.sleep(0.5)
+            release.set()
+            assert await asyncio.gather(blocker, first, second) == [0, 1, 2]
+        finally:
+            release.set()
+            await batcher.close()
+
+    asyncio.run(main())
+    assert ("b", [1, 2]) in calls, calls
