@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from evaluators.runtime import configure_process
+from service.openai.routes import OpenAIController
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.audits import AuditController
 from service.routes.generation import GenerationController
@@ -51,6 +52,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             ModerationController,
             GenerationController,
             AuditController,
+            OpenAIController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

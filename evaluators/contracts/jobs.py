@@ -193,4 +193,8 @@ class GenerationJob(Prompt):
     params: SamplingParams = Field(description="Resolved sampling parameters (policy limits applied).")
     context: tuple[str, ...] | None = Field(default=None, description="Grounding documents.")
     fairness: FairnessSpec | None = Field(default=None, description="Counterfactual fairness request.")
+    stream: bool = Field(
+        default=False,
+        description="Publish the output as it is decoded, each part once the output checks over it passed.",
+    )
     enqueued_at: float | None = Field(default=None, description="Unix time the job was queued.")

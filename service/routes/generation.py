@@ -7,17 +7,15 @@ store, not the broker, is the source of truth for a job's status.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
-import uuid
 from typing import Any
 
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from evaluators.contracts import GenerationJob, GenerationRequest, JobError, Status
-from evaluators.errors import NotFound, Overloaded, PayloadTooLarge
+from evaluators.contracts import GenerationRequest, Status
+from evaluators.errors import NotFound
+from service.jobs import await_job, cancel_job, submit_job
 from service.problems import problem
 from service.state import AppState
 from store.records import JobRecord
@@ -64,65 +62,15 @@ class GenerationController(Controller):
         wait: float = Parameter(default=0.0, ge=0.0, le=120.0, description="Seconds to wait for the result."),
     ) -> Response[dict[str, Any]]:
         app: AppState = state.assay
-        jobs = app.jobs()
         lp = app.policy(data.policy)
         params = lp.policy.generation.resolve(data.params, policy=lp.name)
-        texts = data.texts()
-        total = sum(len(t) for t in texts)
-        if total > lp.policy.limits.max_chars:
-            raise PayloadTooLarge(
-                f"prompt has {total} characters; policy {lp.name!r} accepts {lp.policy.limits.max_chars}"
-            )
-        settings = app.worker_settings
-        model = data.model or settings.default_model
-        queue = settings.queue_for(model)
-        job_id = uuid.uuid4().hex
-        joined = "\n".join(texts)
-        await asyncio.to_thread(
-            jobs.create,
-            job_id=job_id,
-            model=model,
-            queue=queue,
-            policy_name=lp.name,
-            policy_sha256=lp.sha256,
-            prompt_sha256=hashlib.sha256(joined.encode("utf-8")).hexdigest(),
-            params=params,
-            # Raw prompts are stored only when the policy opts in.
-            raw_prompt=joined if lp.policy.store_raw_text else None,
+        job_id = await submit_job(
+            app, lp, data, params, model=data.model, context=data.context, fairness=data.fairness
         )
-        job = GenerationJob(
-            job_id=job_id,
-            model=model,
-            policy=lp.name,
-            prompt=data.prompt,
-            messages=data.messages,
-            params=params,
-            context=data.context,
-            fairness=data.fairness,
-            enqueued_at=time.time(),
-        )
-        try:
-            await asyncio.to_thread(app.enqueue, job, queue)
-        except Exception as exc:
-            # Record why, so the job is not lost silently, then tell the caller.
-            detail = f"could not queue the job: {type(exc).__name__}"
-            error = JobError(code="queue-unavailable", detail=detail)
-            await asyncio.to_thread(jobs.finish, job_id, Status.FAILED, error=error)
-            raise Overloaded(detail, job_id=job_id) from exc
         if wait > 0:
-            deadline = time.monotonic() + wait
-            # Back off from 20 ms to 500 ms: sixteen waiting clients polling every
-            # 50 ms cost the API a good share of a core on a small machine.
-            pause = 0.02
-            while True:
-                current = await asyncio.to_thread(jobs.get, job_id)
-                if current is not None and current.status.terminal:
-                    return Response(job_body(current), status_code=200)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                await asyncio.sleep(min(pause, left))
-                pause = min(pause * 1.5, 0.5)
+            current = await await_job(app, job_id, wait)
+            if current is not None:
+                return Response(job_body(current), status_code=200)
         return Response(
             {"id": job_id, "status": Status.QUEUED, "links": job_links(job_id)},
             status_code=202,
@@ -152,8 +100,7 @@ class GenerationController(Controller):
                 "job-finished",
                 f"/v1/jobs/{job_id}",
             )
-        await asyncio.to_thread(jobs.cancel, job_id)
-        await asyncio.to_thread(app.revoke, job_id)
+        await cancel_job(app, job_id)
         job = await asyncio.to_thread(jobs.get, job_id)
         assert job is not None
         return Response(job_body(job), status_code=200)

@@ -1,0 +1,105 @@
+"""Queue a guarded generation job and wait for its outcome: one path for every route that generates.
+
+``POST /v1/generations`` and the OpenAI-compatible routes record the job with
+the job store (before it is queued, so it is never lost silently), send its
+``GenerationJob`` to the model's queue, and read the outcome back from the
+store, the source of truth for a job's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+
+from evaluators.contracts import FairnessSpec, GenerationJob, JobError, Prompt, SamplingParams, Status
+from evaluators.errors import Overloaded, PayloadTooLarge
+from evaluators.policy import LoadedPolicy
+from service.state import AppState
+from store.records import JobRecord
+
+
+async def submit_job(
+    app: AppState,
+    lp: LoadedPolicy,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    model: str | None = None,
+    context: tuple[str, ...] | None = None,
+    fairness: FairnessSpec | None = None,
+    stream: bool = False,
+) -> str:
+    """Record and queue one job under ``lp``; returns its id. A broker that is down is a 503."""
+    texts = prompt.texts()
+    total = sum(len(t) for t in texts)
+    if total > lp.policy.limits.max_chars:
+        raise PayloadTooLarge(
+            f"prompt has {total} characters; policy {lp.name!r} accepts {lp.policy.limits.max_chars}"
+        )
+    jobs = app.jobs()
+    settings = app.worker_settings
+    model = model or settings.default_model
+    queue = settings.queue_for(model)
+    job_id = uuid.uuid4().hex
+    joined = "\n".join(texts)
+    await asyncio.to_thread(
+        jobs.create,
+        job_id=job_id,
+        model=model,
+        queue=queue,
+        policy_name=lp.name,
+        policy_sha256=lp.sha256,
+        prompt_sha256=hashlib.sha256(joined.encode("utf-8")).hexdigest(),
+        params=params,
+        # Raw prompts are stored only when the policy opts in.
+        raw_prompt=joined if lp.policy.store_raw_text else None,
+    )
+    job = GenerationJob(
+        job_id=job_id,
+        model=model,
+        policy=lp.name,
+        prompt=prompt.prompt,
+        messages=prompt.messages,
+        params=params,
+        context=context,
+        fairness=fairness,
+        stream=stream,
+        enqueued_at=time.time(),
+    )
+    try:
+        await asyncio.to_thread(app.enqueue, job, queue)
+    except Exception as exc:
+        # Record why, so the job is not lost silently, then tell the caller.
+        detail = f"could not queue the job: {type(exc).__name__}"
+        error = JobError(code="queue-unavailable", detail=detail)
+        await asyncio.to_thread(jobs.finish, job_id, Status.FAILED, error=error)
+        raise Overloaded(detail, job_id=job_id) from exc
+    return job_id
+
+
+async def await_job(app: AppState, job_id: str, timeout: float) -> JobRecord | None:
+    """The job's record once it is terminal, or None after ``timeout`` seconds; never blocks the loop."""
+    jobs = app.jobs()
+    deadline = time.monotonic() + timeout
+    # Back off from 20 ms to 500 ms: sixteen waiting clients polling every
+    # 50 ms cost the API a good share of a core on a small machine.
+    pause = 0.02
+    while True:
+        current = await asyncio.to_thread(jobs.get, job_id)
+        if current is not None and current.status.terminal:
+            return current
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 1.5, 0.5)
+
+
+async def cancel_job(app: AppState, job_id: str) -> bool:
+    """Cancel a job that has not finished (store first, then the broker); False when it had."""
+    cancelled = await asyncio.to_thread(app.jobs().cancel, job_id)
+    if cancelled:
+        await asyncio.to_thread(app.revoke, job_id)
+    return cancelled

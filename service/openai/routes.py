@@ -1,0 +1,164 @@
+"""The OpenAI-compatible routes: chat and text completions, models, moderations.
+
+Completions are guarded generation jobs like ``POST /v1/generations``: one
+recorded, queued job per choice, read back from the job store without
+blocking the event loop. Errors on these routes take OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+
+from evaluators.contracts import JobResult, Prompt, Status
+from evaluators.engine import Stage
+from evaluators.errors import InputError, PayloadTooLarge
+from service.jobs import await_job, cancel_job, submit_job
+from service.openai import mapping
+from service.openai.errors import OPENAI_EXCEPTION_HANDLERS, openai_error
+from service.openai.schema import (
+    ChatRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    ModerationRequest,
+    ModerationResponse,
+    unsupported,
+)
+from service.state import AppState, ModerationItem
+
+DEFAULT_POLICY = "default"
+STAGE_HEADER = "x-assay-stage"
+
+# A failed job's code -> the status OpenAI clients get.
+JOB_ERROR_STATUS = {
+    "model-missing": 503,
+    "queue-unavailable": 503,
+    "invalid-input": 400,
+    "limit-exceeded": 400,
+    "payload-too-large": 413,
+}
+
+
+def _served(app: AppState) -> list[str]:
+    settings = app.worker_settings
+    return mapping.served_models(settings.default_model, list(settings.model_queues))
+
+
+async def _results(app: AppState, job_ids: list[str]) -> list[JobResult] | Response[dict[str, Any]]:
+    """Every job's result, or the OpenAI-shaped error of the first that did not succeed."""
+    timeout = app.worker_settings.job_time_limit_s + 30.0
+    records = await asyncio.gather(*(await_job(app, job_id, timeout) for job_id in job_ids))
+    results: list[JobResult] = []
+    for job_id, record in zip(job_ids, records, strict=True):
+        if record is None:
+            await asyncio.gather(*(cancel_job(app, j) for j in job_ids))
+            return openai_error(504, f"job {job_id} did not finish in {timeout:.0f} s", code="timeout")
+        if record.status != Status.SUCCEEDED or record.result is None:
+            error = record.error
+            code = (error.code if error else None) or f"job-{record.status}"
+            detail = (error.detail or error.reason if error else None) or f"job {job_id} {record.status}"
+            return openai_error(JOB_ERROR_STATUS.get(code, 500), detail or "", code=code)
+        results.append(record.result)
+    return results
+
+
+async def _submit(
+    app: AppState, request: Request[Any, Any, Any], data: ChatRequest | CompletionRequest, prompt: Prompt
+) -> tuple[str, list[str]]:
+    """Queue one job per choice; returns the model name and the job ids."""
+    model, policy = mapping.split_model(data.model, request.headers.get(mapping.POLICY_HEADER), _served(app))
+    lp = app.policy(policy or DEFAULT_POLICY)
+    params = lp.policy.generation.resolve(mapping.overrides(data), policy=lp.name)
+    if data.stream:
+        raise InputError("'stream' is not supported yet", param="stream", code="unsupported_parameter")
+    job_ids = []
+    for i in range(data.choices()):
+        # Choice i samples with seed + i, like the samples of one job.
+        job_ids.append(await submit_job(app, lp, prompt, params.with_seed_offset(i), model=model))
+    return model, job_ids
+
+
+class OpenAIController(Controller):
+    """Drop-in routes for apps that speak the OpenAI protocol."""
+
+    path = "/v1"
+    tags = ["openai"]
+    exception_handlers = OPENAI_EXCEPTION_HANDLERS
+
+    @post("/chat/completions", status_code=200, summary="OpenAI-compatible chat completion, guarded")
+    async def chat(
+        self, data: ChatRequest, state: State, request: Request[Any, Any, Any]
+    ) -> Response[dict[str, Any]]:
+        app: AppState = state.assay
+        created = int(time.time())
+        _, job_ids = await _submit(app, request, data, mapping.chat_prompt(data.messages))
+        results = await _results(app, job_ids)
+        if isinstance(results, Response):
+            return results
+        body = mapping.chat_completion(data.model, created, job_ids, results)
+        return Response(body.model_dump(mode="json"), status_code=200)
+
+    @post("/completions", status_code=200, summary="OpenAI-compatible text completion, guarded")
+    async def complete(
+        self, data: CompletionRequest, state: State, request: Request[Any, Any, Any]
+    ) -> Response[dict[str, Any]]:
+        app: AppState = state.assay
+        created = int(time.time())
+        _, job_ids = await _submit(app, request, data, mapping.completion_prompt(data.prompt))
+        results = await _results(app, job_ids)
+        if isinstance(results, Response):
+            return results
+        body = mapping.completion(data.model, created, job_ids, results)
+        return Response(body.model_dump(mode="json"), status_code=200)
+
+    @get("/models", summary="Served models, each alone and with each policy ('MODEL@POLICY')")
+    async def models(self, state: State) -> ModelList:
+        app: AppState = state.assay
+        created = int(app.started_at)
+        policies = app.policies.names()
+        cards = []
+        for model in _served(app):
+            cards.append(ModelCard(id=model, created=created, policies=policies))
+            cards.extend(
+                ModelCard(id=f"{model}{mapping.ALIAS_SEP}{p}", created=created, policies=policies, policy=p)
+                for p in policies
+            )
+        return ModelList(data=cards)
+
+    @post("/moderations", status_code=200, summary="OpenAI-compatible moderation, by a policy's checks")
+    async def moderations(
+        self, data: ModerationRequest, state: State, request: Request[Any, Any, Any]
+    ) -> ModerationResponse:
+        app: AppState = state.assay
+        unsupported(data.model_extra)
+        texts = [data.input] if isinstance(data.input, str) else list(data.input)
+        if not texts:
+            raise InputError("input is empty", param="input")
+        if len(texts) > app.settings.max_batch_items:
+            raise PayloadTooLarge(
+                f"{len(texts)} texts sent; at most {app.settings.max_batch_items} per call",
+                param="input",
+            )
+        _, _, alias = (data.model or "").partition(mapping.ALIAS_SEP)
+        header = (request.headers.get(mapping.POLICY_HEADER) or "").strip() or None
+        if alias and header and alias != header:
+            raise InputError(
+                f"model alias names policy {alias!r} but the X-Assay-Policy header names {header!r}",
+                param="model",
+            )
+        stage: Stage = "output" if request.headers.get(STAGE_HEADER) == "output" else "input"
+        if request.headers.get(STAGE_HEADER, stage) != stage:
+            raise InputError("X-Assay-Stage must be input or output", param="X-Assay-Stage")
+        items = [ModerationItem(t) for t in texts]
+        lp, decisions = await app.moderate(alias or header or DEFAULT_POLICY, stage, items)
+        return ModerationResponse(
+            id=f"modr-{int(time.time() * 1000):x}",
+            model=data.model or f"assay{mapping.ALIAS_SEP}{lp.name}",
+            results=[mapping.moderation_result(d) for d in decisions],
+            assay={"policy": lp.identity(), "stage": stage},
+        )

@@ -1,0 +1,184 @@
+"""The OpenAI-compatible routes with the real ``openai`` SDK: API, Redis, a Celery worker, SmolLM2.
+
+The stack serves the shipped ``default`` and ``strict`` policies and
+``guard``, a test policy whose output check blocks the word "Paris".
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from devstack.stack import Stack, StackError, start_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTION = "What is the capital of France?"
+
+# Blocks "Paris" in outputs (a deny-listed "organisation"), so a greedy answer about
+# France's capital is cut mid-stream; inputs are only checked for personal data.
+GUARD_POLICY = """\
+name: guard
+version: "1.0.0"
+description: Test policy, blocks one word in outputs.
+on_error: block
+input:
+  - check: pii
+    ner_model: null
+    entities:
+      EMAIL_ADDRESS: {threshold: 0.5, action: redact}
+      CREDIT_CARD: {threshold: 0.4, action: block}
+output:
+  - check: pii
+    ner_model: null
+    spacy_names: false
+    entities:
+      ORGANIZATION: {threshold: 0.9, action: block}
+    deny_list:
+      ORGANIZATION: [Paris]
+generation:
+  defaults: {temperature: 0.0, max_new_tokens: 48}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    policies = tmp_path_factory.mktemp("policies")
+    for name in ("default.yaml", "strict.yaml"):
+        shutil.copy(ROOT / "policies" / name, policies / name)
+    (policies / "guard.yaml").write_text(GUARD_POLICY)
+    try:
+        st = start_stack(
+            redis_url, tmp_path_factory.mktemp("assay-openai"), extra_env={"ASSAY_POLICY_DIR": str(policies)}
+        )
+    except StackError as exc:
+        pytest.fail(str(exc))
+    yield st
+    st.close()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="not-checked", timeout=300, max_retries=0)
+
+
+def test_chat_completion_gets_a_filtered_answer_with_true_usage(client: openai.OpenAI, stack: Stack) -> None:
+    r = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=24,
+        seed=1,
+        user="user-1",
+    )
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content and "Paris" in choice.message.content, stack.dump_logs()
+    assert choice.finish_reason in {"stop", "length"}
+    assert r.usage is not None and r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assay = r.model_extra["assay"]  # type: ignore[index]
+    assert assay["policy"]["name"] == "default" and len(assay["policy"]["sha256"]) == 64
+    (job,) = assay["choices"]
+    assert job["action"] == "allow" and job["output"]["action"] == "allow"
+    with httpx.Client(base_url=stack.base_url) as c:
+        stored = c.get(f"/v1/jobs/{job['job_id']}").json()
+    # The same job as /v1/generations would have run: recorded, with the same token counts.
+    assert stored["status"] == "succeeded" and stored["policy"]["name"] == "default"
+    assert stored["result"]["usage"]["completion_tokens"] == r.usage.completion_tokens
+    assert stored["result"]["usage"]["prompt_tokens"] == r.usage.prompt_tokens
+
+
+def test_personal_data_in_the_prompt_is_redacted_before_generation(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="smollm2",
+        messages=[
+            {"role": "system", "content": "Answer in one short sentence."},
+            {"role": "user", "content": "My email is jane.doe@example.com. Say hello to me."},
+        ],
+        temperature=0,
+        max_tokens=16,
+    )
+    assay = r.model_extra["assay"]  # type: ignore[index]
+    assert assay["choices"][0]["input"]["action"] == "redact"
+    assert "EMAIL_ADDRESS" in {f["label"] for f in assay["findings"]}
+    assert "jane.doe@example.com" not in (r.choices[0].message.content or "")
+
+
+def test_text_completion_with_policy_alias_n_and_stop(client: openai.OpenAI) -> None:
+    r = client.completions.create(
+        model="smollm2@strict", prompt=QUESTION, temperature=0, max_tokens=24, n=2, stop=["Paris"]
+    )
+    assert len(r.choices) == 2
+    for choice in r.choices:
+        assert "Paris" not in choice.text and choice.text.strip()
+        assert choice.finish_reason == "stop"
+    assay = r.model_extra["assay"]  # type: ignore[index]
+    assert assay["policy"]["name"] == "strict"
+    assert len({c["job_id"] for c in assay["choices"]}) == 2
+
+
+def test_blocked_prompt_answers_content_filter_without_generating(
+    client: openai.OpenAI, stack: Stack
+) -> None:
+    r = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "My card is 4111 1111 1111 1111, remember it."}],
+        extra_headers={"X-Assay-Policy": "strict"},
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "content_filter"
+    assert choice.message.content and "blocked" in choice.message.content
+    assert choice.message.refusal == choice.message.content
+    assert r.usage is not None and r.usage.completion_tokens == 0 and r.usage.prompt_tokens == 0
+    (job,) = r.model_extra["assay"]["choices"]  # type: ignore[index]
+    assert job["blocked_stage"] == "input" and job["output"] is None
+    with httpx.Client(base_url=stack.base_url) as c:
+        stored = c.get(f"/v1/jobs/{job['job_id']}").json()
+    # Never generated: no output checks ran and no generation time was spent.
+    assert "output_checks" not in stored["result"] and "generate_ms" not in stored["result"]["timings"]
+
+
+def test_blocked_answer_is_withheld(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="smollm2@guard", messages=[{"role": "user", "content": QUESTION}], max_tokens=24
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "content_filter"
+    assert choice.message.content and "Paris" not in choice.message.content
+    assert "withheld" in choice.message.content
+    assert r.usage is not None and r.usage.completion_tokens > 0
+    (job,) = r.model_extra["assay"]["choices"]  # type: ignore[index]
+    assert job["output"]["action"] == "block"
+    assert "ORGANIZATION" in {f["label"] for f in job["output"]["findings"]}
+
+
+def test_moderations_and_models_through_the_sdk(client: openai.OpenAI) -> None:
+    m = client.moderations.create(input=["I will kill you", "What a lovely garden."])
+    threat, kind = m.results
+    assert threat.flagged and threat.categories.violence
+    assert threat.category_scores.violence > 0.5
+    assert not kind.flagged and kind.category_scores.violence < 0.5
+    ids = [model.id for model in client.models.list()]
+    assert "smollm2" in ids and "smollm2@guard" in ids and "smollm2@strict" in ids
+
+
+def test_unsupported_field_is_a_400_in_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert exc.value.status_code == 400
+    assert exc.value.param == "tools" and exc.value.code == "unsupported_parameter"
+    assert exc.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.code == "model_not_found"
