@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from evaluators.contracts import Status
@@ -113,3 +113,67 @@ class ModelRecord(Base):
     key: Mapped[str] = mapped_column(String(320), primary_key=True)
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
     first_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DriftBucket(Base):
+    """One hour of drift events of one writer (a recording process), pre-aggregated (a sketch).
+
+    Each recording process writes only its own rows (``writer``), so concurrent
+    processes never contend for a row; reports sum over writers.
+    """
+
+    __tablename__ = "drift_buckets"
+    __table_args__ = (
+        UniqueConstraint(
+            "hour", "policy_name", "model", "stage", "source", "run_id", "writer", name="uq_drift_buckets_key"
+        ),
+        Index("ix_drift_buckets_policy_hour", "policy_name", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    policy_name: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    stage: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(64))
+    writer: Mapped[str] = mapped_column(String(128))
+    count: Mapped[int] = mapped_column(Integer)
+    sketch: Mapped[dict[str, Any]] = mapped_column(JSON)
+    embeddings: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DriftBaseline(Base):
+    """A named baseline: a window of live events or an audit run, per policy (and model)."""
+
+    __tablename__ = "drift_baselines"
+    __table_args__ = (UniqueConstraint("policy_name", "name", name="uq_drift_baselines_policy_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    policy_name: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    audit_run: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DriftReportRow(Base):
+    """A drift report: its request, status, the finished report and the alert sent for it."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    policy_name: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    alert: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -91,7 +91,7 @@ def test_migrations_create_the_schema_at_head(db_url: str) -> None:
     tables = set(inspect(db.engine).get_table_names())
     assert {"jobs", "audit_runs", "audit_results", "policies", "models", "alembic_version"} <= tables
     with db.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
 
 
 def test_one_database_per_url_until_reset(db_url: str) -> None:

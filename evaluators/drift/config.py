@@ -1,0 +1,77 @@
+"""The policy's ``drift:`` block: what is recorded, and the threshold of every drift statistic."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from pydantic import Field
+
+from evaluators.checks.config import Strict
+
+
+class DriftThresholds(Strict):
+    """Each statistic's threshold; a signal drifts when one is crossed (and, if tested, p < alpha)."""
+
+    psi: float = Field(
+        default=0.2, gt=0, description="Population stability index of a score or length distribution."
+    )
+    ks: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Kolmogorov-Smirnov distance (largest CDF gap) of a distribution.",
+    )
+    js: float = Field(
+        default=0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2) of the action or entity mix."
+    )
+    mmd: float = Field(
+        default=0.01, gt=0, description="Squared maximum mean discrepancy of the embeddings (RBF kernel)."
+    )
+
+
+class DriftPolicy(Strict):
+    """Drift recording, per-result scores and report thresholds for traffic under this policy."""
+
+    enabled: bool = Field(
+        default=True, description="Record drift events and score results; off: results say 'disabled'."
+    )
+    baseline: str | None = Field(
+        default=None,
+        description="Name of the stored baseline results are scored against; default the newest one.",
+    )
+    thresholds: DriftThresholds = Field(
+        default_factory=DriftThresholds, description="Threshold of each statistic."
+    )
+    overrides: dict[str, DriftThresholds] = Field(
+        default_factory=dict,
+        description='Thresholds for single signals, by name, e.g. "output.scores.toxicity.hate".',
+    )
+    alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Significance level of the KS, chi-square and MMD tests."
+    )
+    min_samples: int = Field(
+        default=100, ge=10, description="Fewest events per side for a signal to get a verdict."
+    )
+    scores: tuple[str, ...] = Field(
+        default=("*",), description="Score signals compared, as glob patterns over 'check.label'."
+    )
+    exclude_scores: tuple[str, ...] = Field(
+        default=("pii.*",),
+        description="Score signals left out (PII confidence; the entity mix covers PII).",
+    )
+    novelty_percentile: float = Field(
+        default=99.0, gt=0, lt=100, description="A result at or above this novelty percentile is unusual."
+    )
+    permutations: int = Field(default=200, ge=50, le=5000, description="Permutations of the MMD test.")
+    embedding_sample: int = Field(
+        default=500, ge=50, le=5000, description="Embeddings drawn per side for the MMD test."
+    )
+
+    def thresholds_for(self, signal: str) -> DriftThresholds:
+        return self.overrides.get(signal, self.thresholds)
+
+    def compares(self, score: str) -> bool:
+        """Whether the score signal ``check.label`` is compared."""
+        return any(fnmatchcase(score, p) for p in self.scores) and not any(
+            fnmatchcase(score, p) for p in self.exclude_scores
+        )
