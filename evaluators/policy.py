@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from evaluators.audit.gates import Gate, parse_gate
 from evaluators.checks.config import OnError, Strict
 from evaluators.contracts import SamplingOverrides, SamplingParams
+from evaluators.drift.config import DriftPolicy
 from evaluators.errors import InputError, LimitExceeded, Location, PolicyError, PolicyNotFound, Problem
 from evaluators.findings import Action
 from evaluators.registry import check_config_union
@@ -256,6 +257,13 @@ class Policy(Strict):
         description=(
             "Release gates an audit run under this policy must pass, e.g. 'toxicity.flag_rate <= 0.01', "
             "'pii.leak_rate == 0', 'fairness.max_gap <= 0.05'. A metric the run did not measure fails."
+        ),
+    )
+    drift: DriftPolicy = Field(
+        default_factory=DriftPolicy,
+        description=(
+            "Drift: whether traffic under this policy is recorded and each result scored against the "
+            "current baseline, and the thresholds of the drift report statistics."
         ),
     )
     calibration: Calibration | None = Field(
