@@ -30,8 +30,10 @@ from evaluators.findings import Action
 from evaluators.models import shared_model
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
+from workers.drift import annotate_jobs
 from workers.generation import DecodeRequest, GenerationOutput, GeneratorOptions, get_generator
 from workers.settings import WorkerSettings, worker_settings
+from workers.stream_guard import start_guard
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +179,14 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
         else:
             to_generate.append(i)
     if not to_generate:
-        return [r for r in results if r is not None]
+        return annotate_jobs(lp, jobs, decisions_per_job, {}, [r for r in results if r is not None])
 
     # Generation: submit every job at once so the batching generator decodes them together.
     futures: dict[int, Future[GenerationOutput]] = {}
     sample_futures: dict[int, Future[GenerationOutput]] = {}
     generators = {}
+    # Streaming jobs: their text is published as it passes the output checks (stream_guard).
+    guards = {i: g for i in to_generate if (g := start_guard(jobs[i], engine, settings)) is not None}
     k = self_consistency_samples(engine)
     for i in to_generate:
         job = jobs[i]
@@ -190,8 +194,15 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
         prompt = job.with_user_texts([d.text or "" for d in decisions_per_job[i]])
         generator = get_generator(job.model, generator_options(settings), evaluator_settings().model_dir)
         generators[i] = generator
+        guard = guards.get(i)
         futures[i] = generator.submit(
-            DecodeRequest(prompt=prompt.prompt, messages=prompt.messages, params=job.params)
+            DecodeRequest(
+                prompt=prompt.prompt,
+                messages=prompt.messages,
+                params=job.params,
+                on_text=guard.on_text if guard else None,
+                cancel=guard.cancel if guard else None,
+            )
         )
         if k:
             # Self-consistency: k extra sampled answers per job, decoded in the same batches.
@@ -201,7 +212,16 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
                     prompt=prompt.prompt, messages=prompt.messages, params=sampled, num_return_sequences=k
                 )
             )
-    outputs = {i: futures[i].result(timeout=settings.job_time_limit_s) for i in to_generate}
+    limit = settings.job_time_limit_s
+    try:
+        outputs = {
+            i: guards[i].follow(futures[i], limit) if i in guards else futures[i].result(timeout=limit)
+            for i in to_generate
+        }
+    except BaseException:
+        for guard in guards.values():
+            guard.abort()
+        raise
     samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}
 
     # Output checks: all outputs in one batch, with their grounding context.
@@ -214,8 +234,12 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
         extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
     )
     output_ms = round((time.perf_counter() - t0) * 1000, 1)
+    checked: dict[int, tuple[str, Decision]] = {}
     for i, decision in zip(to_generate, out_decisions, strict=True):
         out = outputs[i]
+        if i in guards:
+            decision = guards[i].finish(decision, out)
+        checked[i] = (out.text, decision)
         output_stage = _stage([decision])
         timing = timings[i]
         timing.update(
@@ -230,6 +254,7 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
             action=decision.action,
             output=decision.text,
             finish_reason=out.finish_reason,
+            blocked_stage="output" if decision.action is Action.BLOCK else None,
             input=inputs[i],
             output_checks=output_stage,
             findings=inputs[i].findings + output_stage.findings,
@@ -239,7 +264,8 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
             batch_rows=out.batch_rows,
             raw_output=out.text if lp.policy.generation.return_raw_output else None,
         )
-    return [r for r in results if r is not None]
+    # Drift: one event per stage of each job; each result says how unusual its output is.
+    return annotate_jobs(lp, jobs, decisions_per_job, checked, [r for r in results if r is not None])
 
 
 def warm_up(settings: WorkerSettings | None = None) -> None:

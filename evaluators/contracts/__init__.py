@@ -46,6 +46,7 @@ from evaluators.contracts.results import (
     StageResult,
     Usage,
 )
+from evaluators.contracts.streams import StreamEvent, StreamFinish
 
 __all__ = [
     "GROUP_PLACEHOLDER",
@@ -74,6 +75,8 @@ __all__ = [
     "SpanRecord",
     "StageResult",
     "Status",
+    "StreamEvent",
+    "StreamFinish",
     "Usage",
     "work_key",
 ]

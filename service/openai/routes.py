@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.response import Stream
 
 from evaluators.contracts import JobResult, Prompt, Status
 from evaluators.engine import Stage
@@ -29,6 +30,7 @@ from service.openai.schema import (
     ModerationResponse,
     unsupported,
 )
+from service.openai.streaming import Kind, sse
 from service.state import AppState, ModerationItem
 
 DEFAULT_POLICY = "default"
@@ -74,13 +76,25 @@ async def _submit(
     model, policy = mapping.split_model(data.model, request.headers.get(mapping.POLICY_HEADER), _served(app))
     lp = app.policy(policy or DEFAULT_POLICY)
     params = lp.policy.generation.resolve(mapping.overrides(data), policy=lp.name)
-    if data.stream:
-        raise InputError("'stream' is not supported yet", param="stream", code="unsupported_parameter")
+    if data.stream_options is not None and not data.stream:
+        raise InputError("stream_options needs stream: true", param="stream_options")
     job_ids = []
     for i in range(data.choices()):
         # Choice i samples with seed + i, like the samples of one job.
-        job_ids.append(await submit_job(app, lp, prompt, params.with_seed_offset(i), model=model))
+        seeded = params.with_seed_offset(i)
+        job_ids.append(await submit_job(app, lp, prompt, seeded, model=model, stream=bool(data.stream)))
     return model, job_ids
+
+
+def _stream(
+    app: AppState, kind: Kind, data: ChatRequest | CompletionRequest, created: int, job_ids: list[str]
+) -> Stream:
+    include_usage = bool(data.stream_options and data.stream_options.include_usage)
+    return Stream(
+        sse(app, kind, data.model, created, job_ids, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 class OpenAIController(Controller):
@@ -93,10 +107,12 @@ class OpenAIController(Controller):
     @post("/chat/completions", status_code=200, summary="OpenAI-compatible chat completion, guarded")
     async def chat(
         self, data: ChatRequest, state: State, request: Request[Any, Any, Any]
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[dict[str, Any]] | Stream:
         app: AppState = state.assay
         created = int(time.time())
         _, job_ids = await _submit(app, request, data, mapping.chat_prompt(data.messages))
+        if data.stream:
+            return _stream(app, "chat", data, created, job_ids)
         results = await _results(app, job_ids)
         if isinstance(results, Response):
             return results
@@ -106,10 +122,12 @@ class OpenAIController(Controller):
     @post("/completions", status_code=200, summary="OpenAI-compatible text completion, guarded")
     async def complete(
         self, data: CompletionRequest, state: State, request: Request[Any, Any, Any]
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[dict[str, Any]] | Stream:
         app: AppState = state.assay
         created = int(time.time())
         _, job_ids = await _submit(app, request, data, mapping.completion_prompt(data.prompt))
+        if data.stream:
+            return _stream(app, "text", data, created, job_ids)
         results = await _results(app, job_ids)
         if isinstance(results, Response):
             return results

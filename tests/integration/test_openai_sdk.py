@@ -6,7 +6,9 @@ The stack serves the shipped ``default`` and ``strict`` policies and
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,30 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is the capital of France?"
 
-# Blocks "Paris" in outputs (a deny-listed "organisation"), so a greedy answer about
-# France's capital is cut mid-stream; inputs are only checked for personal data.
-GUARD_POLICY = """\
-name: guard
-version: "1.0.0"
-description: Test policy, blocks one word in outputs.
-on_error: block
-input:
-  - check: pii
-    ner_model: null
-    entities:
-      EMAIL_ADDRESS: {threshold: 0.5, action: redact}
-      CREDIT_CARD: {threshold: 0.4, action: block}
-output:
-  - check: pii
-    ner_model: null
-    spacy_names: false
-    entities:
-      ORGANIZATION: {threshold: 0.9, action: block}
-    deny_list:
-      ORGANIZATION: [Paris]
-generation:
-  defaults: {temperature: 0.0, max_new_tokens: 48}
-"""
+GUARD_POLICY = ROOT / "tests" / "fixtures" / "policies" / "guard.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +31,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     policies = tmp_path_factory.mktemp("policies")
     for name in ("default.yaml", "strict.yaml"):
         shutil.copy(ROOT / "policies" / name, policies / name)
-    (policies / "guard.yaml").write_text(GUARD_POLICY)
+    shutil.copy(GUARD_POLICY, policies / "guard.yaml")
     try:
         st = start_stack(
             redis_url, tmp_path_factory.mktemp("assay-openai"), extra_env={"ASSAY_POLICY_DIR": str(policies)}
@@ -155,7 +134,7 @@ def test_blocked_answer_is_withheld(client: openai.OpenAI) -> None:
     assert "withheld" in choice.message.content
     assert r.usage is not None and r.usage.completion_tokens > 0
     (job,) = r.model_extra["assay"]["choices"]  # type: ignore[index]
-    assert job["output"]["action"] == "block"
+    assert job["output"]["action"] == "block" and job["blocked_stage"] == "output"
     assert "ORGANIZATION" in {f["label"] for f in job["output"]["findings"]}
 
 
@@ -182,3 +161,99 @@ def test_unsupported_field_is_a_400_in_openai_shape(client: openai.OpenAI) -> No
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert missing.value.code == "model_not_found"
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_streamed_chat_adds_up_to_the_answer_with_usage_and_extension(client: openai.OpenAI) -> None:
+    body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24}
+    plain = client.chat.completions.create(model="smollm2", **body)  # type: ignore[call-overload]
+    stream = client.chat.completions.create(
+        model="smollm2", stream=True, stream_options={"include_usage": True}, **body
+    )  # type: ignore[call-overload]
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1  # it streamed, more than one piece
+    assert chunks[0].choices[0].delta.role == "assistant"
+    # Greedy: the same words as the non-streaming answer, arriving piece by piece.
+    assert "".join(pieces) == plain.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [plain.choices[0].finish_reason]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == plain.usage.completion_tokens  # type: ignore[union-attr]
+    assert last.model_extra["assay"]["policy"]["name"] == "default"  # type: ignore[index]
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+
+
+def test_streamed_completion(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="smollm2", prompt=QUESTION, temperature=0, max_tokens=5, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text.strip()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+
+
+def test_blocked_prompt_streams_only_the_refusal(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2@strict",
+        messages=[{"role": "user", "content": "My card is 4111 1111 1111 1111, remember it."}],
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "blocked" in content
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+def test_a_block_mid_stream_never_sends_the_blocked_word(client: openai.OpenAI, stack: Stack) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2@guard", messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    streamed = "".join(pieces)
+    assert "Paris" not in streamed
+    # Words before the blocked one passed their window checks and went out first.
+    assert streamed.strip(), stack.dump_logs()
+    assert "capital" in streamed
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["content_filter"]
+    refusals = [c.choices[0].delta.refusal for c in chunks if c.choices and c.choices[0].delta.refusal]
+    assert refusals and "withheld" in refusals[0]
+    assay = chunks[-1].model_extra["assay"]  # type: ignore[index]
+    assert assay["action"] == "block" and assay["choices"][0]["blocked_stage"] == "output"
+
+
+def test_a_client_that_goes_away_cancels_its_job(stack: Stack) -> None:
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}],
+        "max_tokens": 400,
+        "temperature": 0.8,
+        "seed": 5,
+        "stream": True,
+    }
+    with httpx.Client(base_url=stack.base_url, timeout=120) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+            job_id = first["id"].removeprefix("chatcmpl-")
+            text = next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+            assert text
+        # The response is closed mid-stream: the API cancels the job, the worker stops decoding.
+        deadline = time.monotonic() + 60
+        while (status := c.get(f"/v1/jobs/{job_id}").json()["status"]) == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert status == "cancelled", stack.dump_logs()
+    deadline = time.monotonic() + 30
+    while not any(f"job {job_id} cancelled mid-stream" in p.read_text() for p in stack.logs if p.exists()):
+        assert time.monotonic() < deadline, stack.dump_logs()
+        time.sleep(0.5)

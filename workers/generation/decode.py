@@ -168,7 +168,14 @@ class Generator:
                 if req.params.seed is not None:
                     gen = torch.Generator(device=state.device)
                     gen.manual_seed(req.params.seed + k)
-                rows.append(Row(i, k, ids, req.params, budget, gen, ignore_eos=req.ignore_eos))
+                # Only the first sample streams; every sample of a cancelled request stops.
+                on_text = req.on_text if k == 0 else None
+                rows.append(
+                    Row(
+                        i, k, ids, req.params, budget, gen, ignore_eos=req.ignore_eos,
+                        on_text=on_text, cancel=req.cancel,
+                    )
+                )  # fmt: skip
 
         # Similar lengths share a chunk, so chunks carry less left padding.
         order = sorted(range(len(rows)), key=lambda j: len(rows[j].prompt_ids))
@@ -256,7 +263,9 @@ class Generator:
             sampler.observe(tokens)
             for row_index, token in zip(active, tokens.tolist(), strict=True):
                 if not done[row_index]:  # a done row stays only when this pass does not prune
-                    done[row_index] = rows[row_index].advance(token, state.eos_ids, state.tokenizer)
+                    row = rows[row_index]
+                    done[row_index] = row.cancelled() or row.advance(token, state.eos_ids, state.tokenizer)
+                    row.publish(state.tokenizer)
             if all(done[i] for i in active):
                 break
 

@@ -8,7 +8,8 @@ a request adds only what the generator alone needs: samples per request,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from evaluators.contracts import ChatMessage, SamplingParams
 from evaluators.errors import ConfigError, InputError
 
-FinishReason = Literal["stop", "stop_sequence", "length"]
+FinishReason = Literal["stop", "stop_sequence", "length", "cancelled"]
 
 Message: TypeAlias = ChatMessage | Mapping[str, str]
 """A chat message: the contract's ``ChatMessage`` or a ``{"role", "content"}`` dict."""
@@ -60,6 +61,12 @@ class DecodeRequest:
     """Keep going past EOS up to ``max_new_tokens`` (benchmarks: equal token counts)."""
     raw_prompt: bool = False
     """Feed ``prompt`` as is instead of wrapping it as one user chat message."""
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
+    """Called from the decode thread with each new piece of the first sample's text, as it is
+    decoded: whole words while decoding (never what a stop sequence may still cut), the rest
+    when the row finishes. The pieces add up to ``GenerationOutput.text``. Keep it quick."""
+    cancel: threading.Event | None = field(default=None, compare=False)
+    """Set it to stop decoding the request's rows; they finish with reason "cancelled"."""
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -91,7 +98,7 @@ class GenerationOutput:
     samples: list[str]
     """All ``num_return_sequences`` texts; ``samples[0] == text``."""
     finish_reason: FinishReason
-    """Of the first sample: EOS ("stop"), a stop string ("stop_sequence"), or "length"."""
+    """Of the first sample: EOS ("stop"), a stop string ("stop_sequence"), "length" or "cancelled"."""
     prompt_tokens: int
     completion_tokens: int
     """Tokens generated over all samples (what was computed; EOS counts)."""

@@ -14,7 +14,8 @@ a near-tie and so change the text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,11 @@ class Row:
     """The text cut before a stop sequence, once one was found."""
     searched_chars: int = 0
     """Decoded characters already searched for stop sequences."""
+    on_text: Callable[[str], None] | None = None
+    """Receives the row's text as it becomes final (see ``DecodeRequest.on_text``)."""
+    cancel: threading.Event | None = None
+    emitted_chars: int = 0
+    """Characters of the text already handed to ``on_text``."""
 
     def advance(self, token: int, eos_ids: frozenset[int], tokenizer: PreTrainedTokenizerBase) -> bool:
         """Append ``token``; True once the row is finished (EOS, a stop sequence or its length)."""
@@ -55,6 +61,34 @@ class Row:
         elif len(self.tokens) >= self.max_new_tokens:
             self.finish_reason = "length"
         return self.finish_reason is not None
+
+    def cancelled(self) -> bool:
+        """Stop this row when its request was cancelled; True when it was."""
+        if self.cancel is not None and self.cancel.is_set() and self.finish_reason is None:
+            self.finish_reason = "cancelled"
+        return self.finish_reason == "cancelled"
+
+    def publish(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Hand ``on_text`` the text that can no longer change.
+
+        While decoding: up to the last whitespace, holding back an incomplete
+        character and anything a stop sequence could still claim. Once finished:
+        the rest of the final text, so the pieces add up to ``text()``.
+        """
+        if self.on_text is None:
+            return
+        if self.finish_reason is not None:
+            final = self.text(tokenizer)
+            end = len(final)
+        else:
+            final = str(tokenizer.decode(self.tokens, skip_special_tokens=True)).rstrip("\ufffd")
+            if self.params.stop:
+                final = final[: max(0, len(final) - max(len(s) for s in self.params.stop) + 1)]
+            end = max(final.rfind(" "), final.rfind("\n"))
+        if end > self.emitted_chars:
+            piece = final[self.emitted_chars : end]
+            self.emitted_chars = end
+            self.on_text(piece)
 
     def text(self, tokenizer: PreTrainedTokenizerBase) -> str:
         if self.stop_text is not None:
