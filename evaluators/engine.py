@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from evaluators.checks.base import Check, CheckInput
+from evaluators.contracts.drift import DriftScore
 from evaluators.errors import ModelMissingError, PolicyError, Problem
 from evaluators.findings import Action, CheckError, Finding
 from evaluators.normalize import NormalizedText, normalize
@@ -39,6 +40,8 @@ class Decision:
     """Every finding, triggered or not."""
     errors: list[CheckError] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    drift: DriftScore | None = None
+    """How unusual the text is against the policy's drift baseline (set by the caller that records it)."""
 
     @property
     def triggered(self) -> list[Finding]:
@@ -70,6 +73,7 @@ class Decision:
             "scores": self.scores(),
             "engines": self.engines(),
             "errors": [e.to_dict() for e in self.errors],
+            **({"drift": self.drift.model_dump(mode="json")} if self.drift is not None else {}),
         }
 
 

@@ -69,6 +69,32 @@ class WorkerSettings(AssaySettings):
     job_time_limit_s: int = Field(default=600, gt=0)
     """Hard time limit of one generation job (ASSAY_JOB_TIME_LIMIT_S)."""
 
+    drift_buffer: int = Field(default=50_000, ge=1)
+    """Drift events buffered per process before new ones are dropped and counted (ASSAY_DRIFT_BUFFER)."""
+
+    drift_batch: int = Field(default=2_000, ge=1)
+    """Drift events written per store transaction (ASSAY_DRIFT_BATCH)."""
+
+    drift_flush_interval_s: float = Field(default=0.5, gt=0)
+    """Longest a drift event waits in the buffer before it is written (ASSAY_DRIFT_FLUSH_INTERVAL_S)."""
+
+    drift_profile_ttl_s: float = Field(default=300.0, gt=0)
+    """Seconds a baseline profile for per-result drift is kept before a reload (ASSAY_DRIFT_PROFILE_TTL_S)."""
+
+    # NoDecode: the variable is 'default=hourly,strict=daily', not JSON.
+    drift_schedule: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """Scheduled drift reports as POLICY=PERIOD pairs (hourly, daily or seconds like 90s),
+    run by Celery beat (ASSAY_DRIFT_SCHEDULE)."""
+
+    drift_webhook_url: str = ""
+    """Where drift alerts are POSTed when a report finds drift; empty: no alerts (ASSAY_DRIFT_WEBHOOK_URL)."""
+
+    drift_webhook_retries: int = Field(default=4, ge=0, le=20)
+    """Retries of a failed alert, with exponential backoff (ASSAY_DRIFT_WEBHOOK_RETRIES)."""
+
+    drift_webhook_backoff_s: float = Field(default=1.0, ge=0)
+    """First retry delay of an alert; doubled each retry (ASSAY_DRIFT_WEBHOOK_BACKOFF_S)."""
+
     @field_validator("model_queues", mode="before")
     @classmethod
     def _parse_routes(cls, value: Any) -> Any:
@@ -83,6 +109,21 @@ class WorkerSettings(AssaySettings):
                 raise ValueError(f"model {name!r} is routed twice")
             routes[name] = queue
         return routes
+
+    @field_validator("drift_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        schedule: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            policy, _, period = (s.strip() for s in pair.partition("="))
+            if not policy or not period:
+                raise ValueError(f"{pair!r} is not POLICY=PERIOD")
+            schedule[policy] = period
+        for period in schedule.values():
+            period_seconds(period)
+        return schedule
 
     @property
     def embedded(self) -> bool:
@@ -102,3 +143,17 @@ class WorkerSettings(AssaySettings):
 
 worker_settings = SettingsAccessor(WorkerSettings)
 """Worker settings, parsed once per process."""
+
+def period_seconds(period: str) -> float:
+    """Seconds of a report period: hourly, daily, or a number of seconds such as 90s."""
+    named = {"hourly": 3600.0, "daily": 86400.0}
+    if period in named:
+        return named[period]
+    text = period.removesuffix("s")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"period {period!r} is not hourly, daily or a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"period {period!r} must be positive")
+    return seconds

@@ -152,7 +152,12 @@ class AuditRunner:
             self.maybe_finalize(run_id)
             return 0
         written = 0
-        jobs = [w.job(policy=run.policy_name, model=run.model, params=run.params) for w in items]
+        jobs = [
+            w.job(policy=run.policy_name, model=run.model, params=run.params).model_copy(
+                update={"audit_run": run.id}
+            )
+            for w in items
+        ]
         try:
             results = self.run_batch(jobs)
         except Exception as exc:

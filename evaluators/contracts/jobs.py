@@ -198,3 +198,4 @@ class GenerationJob(Prompt):
         description="Publish the output as it is decoded, each part once the output checks over it passed.",
     )
     enqueued_at: float | None = Field(default=None, description="Unix time the job was queued.")
+    audit_run: str | None = Field(default=None, description="The audit run of an audit item; none for jobs.")

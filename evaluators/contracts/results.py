@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.contracts.base import Contract
+from evaluators.contracts.drift import DriftScore
 from evaluators.contracts.jobs import SamplingParams
 from evaluators.findings import Action, CheckError, Finding
 
@@ -159,6 +160,11 @@ class JobResult(Contract):
     )
     fairness: FairnessSummary | None = Field(default=None, exclude_if=_is_none)
     variants: tuple[FairnessVariant, ...] | None = Field(default=None, exclude_if=_is_none)
+    drift: DriftScore | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="How unusual the output (or a blocked prompt) is against the policy's drift baseline.",
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (JSON types; fields that do not apply left out)."""
