@@ -15,6 +15,7 @@ from evaluators.runtime import configure_process
 from service.openai.routes import OpenAIController
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.audits import AuditController
+from service.routes.drift import DriftController
 from service.routes.generation import GenerationController
 from service.routes.meta import get_policy, healthz, list_policies, readyz
 from service.routes.moderation import ModerationController
@@ -52,6 +53,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             ModerationController,
             GenerationController,
             AuditController,
+            DriftController,
             OpenAIController,
         ],
         lifespan=[lifespan],

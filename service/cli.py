@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports", help="folder for the report files")
     report.set_defaults(func=_cmd_audit_report)
 
+    from service.drift_cli import add_parser as add_drift_parser
+
+    add_drift_parser(sub)
+
     calibrate = sub.add_parser(
         "calibrate",
         help="fit a policy's thresholds on labelled examples and write a new policy version",

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from evaluators.audit.runner import AuditRunner
 from evaluators.contracts import GenerationJob, JobResult
+from evaluators.drift.runtime import DriftRuntime
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
@@ -20,6 +21,7 @@ from service.batching import MicroBatcher
 from service.settings import ServiceSettings
 from store.audits import audit_store
 from store.jobs import JobStore, job_store
+from workers.drift import build_runtime, observe_moderation
 from workers.embedded import EmbeddedWorker
 from workers.settings import WorkerSettings, worker_settings
 
@@ -50,6 +52,8 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     embedded_worker: EmbeddedWorker | None = None
+    drift: DriftRuntime | None = None
+    """Records each moderated text as a drift event and scores it against the policy's baseline."""
 
     def jobs(self) -> JobStore:
         """The job store (SQLite embedded, PostgreSQL by ASSAY_DATABASE_URL)."""
@@ -106,12 +110,18 @@ class AppState:
         executor = ThreadPoolExecutor(
             max_workers=settings.inference_threads, thread_name_prefix="assay-infer"
         )
+        # Drift: events go to the store through a bounded buffer; the encoder and baselines load now.
+        drift = build_runtime(worker_settings())
+        drift.warm_up(policies)
 
         def run(key: Hashable, items: Sequence[ModerationItem]) -> list[Decision]:
             policy_name, stage = cast(tuple[str, Stage], key)
             engine = engines[policy_name]
             contexts = [it.context for it in items] if any(it.context for it in items) else None
-            return engine.evaluate([it.text for it in items], stage, contexts=contexts)
+            decisions = engine.evaluate([it.text for it in items], stage, contexts=contexts)
+            # Still in the inference thread: embedding and scoring stay off the event loop.
+            observe_moderation(drift, engine.loaded, stage, [it.text for it in items], decisions)
+            return decisions
 
         batcher: MicroBatcher[ModerationItem, Decision] = MicroBatcher(
             run,
@@ -121,7 +131,7 @@ class AppState:
             timeout_s=settings.inference_timeout_s,
             max_pending=settings.max_pending,
         )
-        return cls(settings, policies, engines, executor, batcher)
+        return cls(settings, policies, engines, executor, batcher, drift=drift)
 
     def policy(self, name: str) -> LoadedPolicy:
         return self.policies.get(name)
@@ -158,4 +168,7 @@ class AppState:
         if self.embedded_worker is not None:
             await asyncio.to_thread(self.embedded_worker.stop)
         await self.batcher.close()
+        if self.drift is not None:
+            # Write what is buffered: events the recorder took are not lost on a clean shutdown.
+            await asyncio.to_thread(self.drift.close)
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -21,19 +21,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def api_client() -> Iterator[object]:
+def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A TestClient over the real app (shipped policies, real Presidio and profanity models)."""
     from litestar.testing import TestClient
 
     from evaluators.settings import evaluator_settings
     from service.app import create_app
     from service.settings import ServiceSettings
+    from workers.settings import worker_settings
 
     app = create_app(ServiceSettings(max_body_bytes=200_000, embedded_worker=False))
     client = TestClient(app=app)
     # Policies load at startup: the shipped ones, whatever ASSAY_POLICY_DIR says in this shell.
     shipped = evaluator_settings().model_copy(update={"policy_dir": ROOT / "policies"})
-    with evaluator_settings.override(shipped):
+    # The store (drift events, jobs) in a folder of the session's own, not the checkout's var/.
+    data = tmp_path_factory.mktemp("api-data")
+    store = worker_settings().model_copy(update={"data_dir": data, "database_url": ""})
+    with evaluator_settings.override(shipped), worker_settings.override(store):
         client.__enter__()
     try:
         yield client

@@ -17,7 +17,7 @@ from celery import Celery
 from kombu import Queue
 
 from evaluators.runtime import configure_process
-from workers.settings import WorkerSettings, worker_settings
+from workers.settings import WorkerSettings, period_seconds, worker_settings
 
 
 def _broker_folders(data_dir: Path) -> dict[str, Path]:
@@ -44,6 +44,22 @@ def _broker(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
         "store_processed": False,
         "polling_interval": 0.05,
     }
+
+
+def drift_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
+    """Beat entries for ASSAY_DRIFT_SCHEDULE: hourly and daily on the clock, seconds as an interval."""
+    from celery.schedules import crontab
+
+    entries: dict[str, dict[str, Any]] = {}
+    for policy, period in settings.drift_schedule.items():
+        schedule: Any = {"hourly": crontab(minute="0"), "daily": crontab(minute="0", hour="0")}.get(period)
+        entries[f"drift-{policy}-{period}"] = {
+            "task": "assay.drift.scheduled",
+            "schedule": schedule if schedule is not None else period_seconds(period),
+            "args": [policy, period],
+            "options": {"queue": settings.default_queue, "routing_key": settings.default_queue},
+        }
+    return entries
 
 
 def create_celery(settings: WorkerSettings | None = None) -> Celery:
@@ -73,11 +89,12 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        include=["workers.tasks"],
+        include=["workers.tasks", "workers.drift_tasks"],
         beat_schedule={
             "audit-sweep": {"task": "assay.audit.sweep", "schedule": 60.0},
         },
     )
+    app.conf.beat_schedule.update(drift_schedule(settings))
     if settings.embedded:
         folders = _broker_folders(settings.data_dir)
 
