@@ -35,7 +35,7 @@ from evaluators.drift.report import Progress, build_report
 from evaluators.drift.runtime import DriftRuntime, Observation, ProfileCache, observe_decisions
 from evaluators.engine import Decision
 from evaluators.errors import InputError, NotFound
-from evaluators.models import shared_model
+from evaluators.models import registry, shared_model
 from evaluators.policy import LoadedPolicy, PolicyStore
 from store.drift import DriftStore, drift_store
 from workers.settings import WorkerSettings, period_seconds, worker_settings
@@ -72,10 +72,20 @@ def build_runtime(settings: WorkerSettings) -> DriftRuntime:
     return DriftRuntime(recorder, ProfileCache(profile_loader(settings), settings.drift_profile_ttl_s))
 
 
+def _runtime_key(settings: WorkerSettings) -> str:
+    return f"drift:{settings.resolved_database_url()}"
+
+
 def drift_runtime() -> DriftRuntime:
     """This process's drift runtime, built once (in the model registry)."""
     settings = worker_settings()
-    return shared_model(f"drift:{settings.resolved_database_url()}", lambda: build_runtime(settings))
+    return shared_model(_runtime_key(settings), lambda: build_runtime(settings))
+
+
+def close_runtime() -> None:
+    """Write what the process's recorder holds (at worker shutdown); nothing when it was never built."""
+    if _runtime_key(worker_settings()) in registry().loaded_keys():
+        drift_runtime().close()
 
 
 def annotate_jobs(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.signals import worker_shutdown
+
 from workers.celery_app import app
-from workers.drift import run_report, schedule_report
+from workers.drift import close_runtime, run_report, schedule_report
 from workers.pipeline import worker_policies
 
 
@@ -18,3 +22,9 @@ def drift_report(report_id: str) -> str:
 def drift_scheduled(policy: str, period: str) -> str:
     """Periodic (beat, from ASSAY_DRIFT_SCHEDULE): the last period against the policy's baseline."""
     return schedule_report(policy, period, worker_policies())
+
+
+@worker_shutdown.connect
+def _write_buffered_drift_events(**_: Any) -> None:
+    # A warm shutdown writes the events still in the buffer; acknowledged ones are already stored.
+    close_runtime()

@@ -35,6 +35,13 @@ class DriftPolicy(Strict):
     enabled: bool = Field(
         default=True, description="Record drift events and score results; off: results say 'disabled'."
     )
+    embed: bool = Field(
+        default=True,
+        description=(
+            "Embed each filtered text (one MiniLM pass) for novelty scores and the embedding signal; "
+            "off: scores, mixes and lengths only, at microseconds per text."
+        ),
+    )
     baseline: str | None = Field(
         default=None,
         description="Name of the stored baseline results are scored against; default the newest one.",

@@ -157,7 +157,10 @@ class DriftRuntime:
         if not config.enabled:
             detail = f"drift is turned off in policy {lp.name!r}"
             return [DriftScore(status=DriftStatus.DISABLED, stage=o.stage, detail=detail) for o in items]
-        vectors, embed_error = self._vectors(items)
+        if config.embed:
+            vectors, embed_error = self._vectors(items)
+        else:
+            vectors, embed_error = [None] * len(items), f"embeddings are off in policy {lp.name!r}"
         now = dt.datetime.now(dt.UTC)
         events = [
             DriftEvent(
@@ -204,7 +207,7 @@ class DriftRuntime:
                 detail=f"policy {lp.name!r} has no drift baseline yet (POST /v1/drift/baselines makes one)",
             )
         score = profile.score(o.stage, o.scores, vector, lp.policy.drift)
-        if embed_error is not None and score.status is DriftStatus.SCORED:
+        if embed_error is not None and o.text is not None and score.status is DriftStatus.SCORED:
             return score.model_copy(update={"detail": embed_error})
         return score
 
@@ -214,7 +217,8 @@ class DriftRuntime:
         if not enabled:
             return
         try:
-            self._embed(["warm up"])
+            if any(lp.policy.drift.embed for lp in enabled):
+                self._embed(["warm up"])
         except Exception as exc:
             log.warning("drift: the sentence encoder did not load: %s", type(exc).__name__)
         for lp in enabled:
