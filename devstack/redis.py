@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from workers.embedded import die_with_parent
+from workers.supervise import die_with_parent
 
 
 def free_port() -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from devstack.redis import free_port
-from workers.embedded import die_with_parent, worker_command
+from workers.embedded import beat_command, worker_command
+from workers.supervise import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,21 +36,28 @@ class Stack:
     queue: str
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api: subprocess.Popen[bytes] | None = None
+    beat: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
-    def start_worker(self, name: str, concurrency: int = 8) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, concurrency: int = 8, *, supervised: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; ``supervised``: under ``workers.supervise``, which restarts it when it exits."""
         log = Path(self.env["ASSAY_DATA_DIR"]) / f"worker-{name}.log"
         self.logs.append(log)
+        command = worker_command(
+            [self.queue],
+            concurrency=concurrency,
+            hostname=f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            extra=("--without-heartbeat",),
+        )
+        if supervised:
+            command = [sys.executable, "-m", "workers.supervise", "--name", name, "--", *command]
         proc = subprocess.Popen(
-            worker_command(
-                [self.queue],
-                concurrency=concurrency,
-                hostname=f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                extra=("--without-heartbeat",),
-            ),
+            command,
             env=self.env,
             cwd=ROOT,
             stdout=log.open("wb"),
@@ -59,6 +67,48 @@ class Stack:
         )
         self.workers.append(proc)
         return proc
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        """Celery beat: the periodic job and audit sweeps for this stack's queue."""
+        data = Path(self.env["ASSAY_DATA_DIR"])
+        log = data / "beat.log"
+        self.logs.append(log)
+        self.beat = subprocess.Popen(
+            beat_command(str(data / "beat-schedule")),
+            env=self.env,
+            cwd=ROOT,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        return self.beat
+
+    def start_api(self, timeout: float = 120.0) -> None:
+        """Start the API process and wait until it is ready; ``StackError`` with the logs when it is not."""
+        api_log = Path(self.env["ASSAY_DATA_DIR"]) / "api.log"
+        if api_log not in self.logs:
+            self.logs.append(api_log)
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=api_log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=5) as c:
+            while True:
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or self.api.poll() is not None:
+                    raise StackError("API did not become ready:\n" + self.dump_logs())
+                time.sleep(0.25)
 
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         if proc.poll() is None:
@@ -70,7 +120,7 @@ class Stack:
                 proc.wait()
 
     def close(self) -> None:
-        for proc in [self.api, *self.workers]:
+        for proc in [self.api, self.beat, *self.workers]:
             if proc is not None:
                 self.stop(proc)
 
@@ -106,27 +156,9 @@ def start_stack(
     st = Stack(base_url=f"http://127.0.0.1:{port}", env=env, queue=queue)
     for i in range(workers):
         st.start_worker(f"w{i + 1}")
-    api_log = data / "api.log"
-    st.logs.append(api_log)
-    st.api = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=api_log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    deadline = time.monotonic() + 120
-    with st.client(timeout=5) as c:
-        while True:
-            try:
-                if c.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or st.api.poll() is not None:
-                st.close()
-                raise StackError("API did not become ready:\n" + st.dump_logs())
-            time.sleep(0.25)
+    try:
+        st.start_api()
+    except StackError:
+        st.close()
+        raise
     return st

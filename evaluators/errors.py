@@ -144,3 +144,10 @@ class Overloaded(AssayError):
 class NotReady(AssayError):
     code = "not-ready"
     title = "Not ready"
+
+
+class Unavailable(AssayError):
+    """A backing service (the database, the broker) does not answer; the caller should retry later."""
+
+    code = "unavailable"
+    title = "Service unavailable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -27,6 +28,7 @@ STATUS: list[tuple[type[E.AssayError], int]] = [
     (E.FileValidationError, 422),
     (E.Overloaded, 503),
     (E.NotReady, 503),
+    (E.Unavailable, 503),
     (E.ModelMissingError, 503),
     (E.CheckFailed, 502),
     (E.ConfigError, 500),
@@ -40,8 +42,18 @@ def status_for(exc: E.AssayError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
+# Seconds a client is told to wait (Retry-After) on a 503 that names no better figure.
+DEFAULT_RETRY_AFTER_S = 1
+
+
 def problem(
-    status: int, title: str, detail: str, code: str, instance: str | None = None, **extra: Any
+    status: int,
+    title: str,
+    detail: str,
+    code: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
@@ -52,7 +64,7 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
-    return Response(body, status_code=status, media_type=PROBLEM_JSON)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def assay_error_handler(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[dict[str, Any]]:
@@ -60,7 +72,13 @@ def assay_error_handler(request: Request[Any, Any, Any], exc: E.AssayError) -> R
     extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, E.FileValidationError):
         extra["errors"] = exc.as_dicts()
-    return problem(status, exc.title, exc.detail, exc.code, request.url.path, **extra)
+    headers = None
+    if status in (429, 503):
+        # Overload and outages are temporary: say when to come back (RFC 9110 Retry-After, seconds).
+        retry_after = max(1, math.ceil(float(extra.get("retry_after_s") or DEFAULT_RETRY_AFTER_S)))
+        extra["retry_after_s"] = retry_after
+        headers = {"Retry-After": str(retry_after)}
+    return problem(status, exc.title, exc.detail, exc.code, request.url.path, headers, **extra)
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

@@ -44,6 +44,9 @@ class ServiceSettings(AssaySettings):
     embedded_worker: bool = True
     """Embedded mode (no ASSAY_BROKER_URL): start a Celery worker child (ASSAY_EMBEDDED_WORKER)."""
 
+    store_wait_s: float = Field(default=2.0, ge=0)
+    """How long a request retries a silent database before a 503 with Retry-After (ASSAY_STORE_WAIT_S)."""
+
     log_level: str = "INFO"
     """Log level for Assay's loggers (ASSAY_LOG_LEVEL)."""
 

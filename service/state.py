@@ -57,11 +57,11 @@ class AppState:
 
     def jobs(self) -> JobStore:
         """The job store (SQLite embedded, PostgreSQL by ASSAY_DATABASE_URL)."""
-        return job_store(self.worker_settings.resolved_database_url())
+        return job_store(self.worker_settings.resolved_database_url(), retry_s=self.settings.store_wait_s)
 
     def audits(self) -> AuditRunner:
         """Audit runs on the store, with the API's policies; items run in workers, never here."""
-        store = audit_store(self.worker_settings.resolved_database_url())
+        store = audit_store(self.worker_settings.resolved_database_url(), retry_s=self.settings.store_wait_s)
         return AuditRunner(store, _no_batches_in_the_api, self.policies)
 
     def celery(self) -> Any:

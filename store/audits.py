@@ -12,12 +12,17 @@ from evaluators.contracts import AuditRun as AuditRunContract
 from store.db import Database, database, insert_ignore
 from store.models import TERMINAL, AuditResult, AuditRun, ModelRecord, PolicyRecord, as_utc, utcnow
 from store.records import PolicyVersion
+from store.retry import retried
 
 
 class AuditStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    """Audit runs on ``db``; calls retry an unreachable database for ``retry_s`` s, then raise Unavailable."""
 
+    def __init__(self, db: Database, *, retry_s: float = 0.0) -> None:
+        self.db = db
+        self.retry_s = retry_s
+
+    @retried
     def create_run(
         self,
         *,
@@ -57,11 +62,13 @@ class AuditStore:
             s.flush()  # fills the column defaults (created_at)
             return AuditRunContract.model_validate(run)
 
+    @retried
     def get_run(self, run_id: str) -> AuditRunContract | None:
         with self.db.session() as s:
             run = s.get(AuditRun, run_id)
             return None if run is None else AuditRunContract.model_validate(run)
 
+    @retried
     def mark_started(self, run_id: str) -> bool:
         with self.db.session() as s:
             res = s.execute(
@@ -71,10 +78,12 @@ class AuditStore:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+    @retried
     def done_keys(self, run_id: str) -> set[str]:
         with self.db.session() as s:
             return set(s.scalars(select(AuditResult.key).where(AuditResult.run_id == run_id)))
 
+    @retried
     def add_result(self, run_id: str, result: AuditItemResult, *, status: Status, worker: str | None) -> int:
         """Record one item once (1); a second write of the same key is ignored (0): exactly once."""
         with self.db.session() as s:
@@ -94,20 +103,24 @@ class AuditStore:
                 },
             )
 
+    @retried
     def count_results(self, run_id: str) -> int:
         with self.db.session() as s:
             return int(s.scalar(select(func.count()).where(AuditResult.run_id == run_id)) or 0)
 
+    @retried
     def results(self, run_id: str) -> list[AuditItemResult]:
         """The run's item results, in the order they were written."""
         with self.db.session() as s:
             query = select(AuditResult.result).where(AuditResult.run_id == run_id).order_by(AuditResult.id)
             return [AuditItemResult.model_validate(data) for data in s.scalars(query)]
 
+    @retried
     def last_result_at(self, run_id: str) -> dt.datetime | None:
         with self.db.session() as s:
             return s.scalar(select(func.max(AuditResult.created_at)).where(AuditResult.run_id == run_id))
 
+    @retried
     def record_model(self, run_id: str, model: ModelInfo) -> None:
         """Keep the model's identity, and set it on the run the first time a worker reports it."""
         info = model.model_dump(mode="json")
@@ -120,6 +133,7 @@ class AuditStore:
                 .values(model_info=info)
             )
 
+    @retried
     def finish_run(self, run_id: str, status: Status, *, report: Any = None, error: Any = None) -> bool:
         """Record the run's outcome once (the first finisher wins)."""
         with self.db.session() as s:
@@ -130,6 +144,7 @@ class AuditStore:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+    @retried
     def stalled_runs(self, older_than_s: float) -> list[str]:
         """Running runs whose newest result (or start) is older than ``older_than_s``."""
         cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
@@ -144,6 +159,6 @@ class AuditStore:
         return stalled
 
 
-def audit_store(url: str) -> AuditStore:
+def audit_store(url: str, *, retry_s: float = 0.0) -> AuditStore:
     """The audit repository on the process's shared ``Database`` for ``url``."""
-    return AuditStore(database(url))
+    return AuditStore(database(url, retry_s=retry_s), retry_s=retry_s)

@@ -34,7 +34,11 @@ class Database:
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        migrate(self.engine)
+        try:
+            migrate(self.engine)
+        except Exception:
+            self.engine.dispose()
+            raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -96,11 +100,17 @@ _databases: dict[str, Database] = {}
 _lock = threading.Lock()
 
 
-def database(url: str) -> Database:
-    """The process's ``Database`` for ``url``, opened (and migrated) on first use."""
+def database(url: str, *, retry_s: float = 0.0) -> Database:
+    """The process's ``Database`` for ``url``, opened (and migrated) on first use.
+
+    A database that does not answer is retried for ``retry_s`` seconds, then
+    ``evaluators.errors.Unavailable`` is raised (and nothing is cached).
+    """
+    from store.retry import call_with_retries
+
     with _lock:
         if url not in _databases:
-            _databases[url] = Database(url)
+            _databases[url] = call_with_retries(lambda: Database(url), retry_s, "opening the database")
         return _databases[url]
 
 

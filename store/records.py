@@ -38,6 +38,8 @@ class JobRecord(_Record):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     attempts: int
+    worker: str | None = None
+    heartbeat_at: dt.datetime | None = None
 
 
 class PolicyVersion(_Record):

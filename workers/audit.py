@@ -15,7 +15,8 @@ from workers.settings import worker_settings
 
 def run_store() -> AuditStore:
     """The audit repository on the configured database."""
-    return audit_store(worker_settings().resolved_database_url())
+    settings = worker_settings()
+    return audit_store(settings.resolved_database_url(), retry_s=settings.store_retry_s)
 
 
 def audit_runner(policies: PolicyStore | None = None) -> AuditRunner:

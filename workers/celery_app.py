@@ -20,7 +20,7 @@ from evaluators.runtime import configure_process
 from workers.settings import WorkerSettings, period_seconds, worker_settings
 
 
-def _broker_folders(data_dir: Path) -> dict[str, Path]:
+def broker_folders(data_dir: Path) -> dict[str, Path]:
     base = data_dir / "broker"
     return {"queue": base / "queue", "processed": base / "processed", "control": base / "control"}
 
@@ -34,7 +34,7 @@ def _broker(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
         }
-    folders = _broker_folders(settings.data_dir)
+    folders = broker_folders(settings.data_dir)
     return "filesystem://", {
         # One folder in and out: producer and consumer share it on this machine.
         "data_folder_in": str(folders["queue"]),
@@ -92,11 +92,20 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
         include=["workers.tasks", "workers.drift_tasks"],
         beat_schedule={
             "audit-sweep": {"task": "assay.audit.sweep", "schedule": 60.0},
+            # Orphaned jobs (their worker died) are re-queued or failed within a lease and a sweep.
+            # A sweep nobody ran before the next is dropped, not piled up.
+            "job-sweep": {
+                "task": "assay.jobs.sweep",
+                "schedule": settings.job_sweep_interval_s,
+                "options": {"expires": settings.job_sweep_interval_s},
+            },
+            # In the same update: reading app.conf here would configure the app now, before
+            # the embedded broker-folder hook below is connected.
+            **drift_schedule(settings),
         },
     )
-    app.conf.beat_schedule.update(drift_schedule(settings))
     if settings.embedded:
-        folders = _broker_folders(settings.data_dir)
+        folders = broker_folders(settings.data_dir)
 
         def make_broker_folders(**_: Any) -> None:
             for folder in folders.values():

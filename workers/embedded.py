@@ -1,20 +1,20 @@
 """Embedded mode: a real Celery worker on kombu's filesystem transport, no server needed.
 
 ``make run`` starts the API; with no ``ASSAY_BROKER_URL`` the API starts this
-worker as a child process in its own process group and stops it on exit.
+worker as a child process and stops it on exit. The worker runs supervised (a
+child that exits on its own is started again), and so does a Celery beat
+child that sends the periodic sweeps (orphaned jobs, stalled audits).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 
 from evaluators.settings import evaluator_settings
 from workers.settings import WorkerSettings
+from workers.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -30,45 +30,43 @@ def worker_command(
     ]  # fmt: skip
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM the worker when the API process dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def beat_command(schedule: str) -> list[str]:
+    """The Celery beat command line: the periodic sweeps, one beat per deployment."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+        "--schedule", schedule, "--loglevel", "INFO",
+    ]  # fmt: skip
 
 
 class EmbeddedWorker:
-    """A Celery worker child process tied to this process's lifetime."""
+    """A supervised Celery worker child and a supervised beat child, tied to this process's lifetime."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
+        self.worker: Supervisor | None = None
+        self.beat: Supervisor | None = None
 
     def start(self) -> None:
-        # The child reads the same folders as this process, even where they came from code, not env.
+        # The children read the same folders as this process, even where they came from code, not env.
         env = dict(os.environ)
         env.setdefault("ASSAY_DATA_DIR", str(self.settings.data_dir))
         env.setdefault("ASSAY_POLICY_DIR", str(evaluator_settings().policy_dir))
-        self.process = subprocess.Popen(
-            worker_command(self.settings.queues(), concurrency=self.settings.worker_concurrency),
-            env=env,
-            preexec_fn=die_with_parent,
-        )
-        log.info("embedded Celery worker started (pid %d)", self.process.pid)
+        command = worker_command(self.settings.queues(), concurrency=self.settings.worker_concurrency)
+        self.worker = Supervisor(command, name="embedded Celery worker", env=env)
+        self.worker.start()
+        # The broker folders must exist before this process sends a job (and before the child polls).
+        from workers.celery_app import broker_folders
+
+        for folder in broker_folders(self.settings.data_dir).values():
+            folder.mkdir(parents=True, exist_ok=True)
+        schedule = self.settings.data_dir / "beat-schedule"
+        self.beat = Supervisor(beat_command(str(schedule)), name="embedded Celery beat", env=env)
+        self.beat.start()
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.worker is not None and self.worker.alive()
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish running jobs
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for child in (self.beat, self.worker):
+            if child is not None:
+                child.stop(timeout)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from evaluators.settings import PROJECT_ROOT, AssaySettings, SettingsAccessor, UserPath
@@ -68,6 +68,30 @@ class WorkerSettings(AssaySettings):
 
     job_time_limit_s: int = Field(default=600, gt=0)
     """Hard time limit of one generation job (ASSAY_JOB_TIME_LIMIT_S)."""
+
+    job_lease_s: float = Field(default=20.0, gt=0)
+    """A running job with no heartbeat for this long is orphaned: re-queued or failed (ASSAY_JOB_LEASE_S)."""
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    """How often a worker renews its jobs' lease; below job_lease_s (ASSAY_HEARTBEAT_INTERVAL_S)."""
+
+    job_sweep_interval_s: float = Field(default=5.0, gt=0)
+    """How often beat sends the sweep of orphaned jobs (ASSAY_JOB_SWEEP_INTERVAL_S)."""
+
+    job_max_attempts: int = Field(default=3, ge=1)
+    """Runs of one job before an orphaned job is failed instead of re-queued (ASSAY_JOB_MAX_ATTEMPTS)."""
+
+    store_retry_s: float = Field(default=30.0, ge=0)
+    """How long a worker retries a database that does not answer (ASSAY_STORE_RETRY_S)."""
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> WorkerSettings:
+        if self.heartbeat_interval_s >= self.job_lease_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below job_lease_s "
+                f"({self.job_lease_s:g}), or live jobs would look orphaned"
+            )
+        return self
 
     drift_buffer: int = Field(default=50_000, ge=1)
     """Drift events buffered per process before new ones are dropped and counted (ASSAY_DRIFT_BUFFER)."""
@@ -143,6 +167,7 @@ class WorkerSettings(AssaySettings):
 
 worker_settings = SettingsAccessor(WorkerSettings)
 """Worker settings, parsed once per process."""
+
 
 def period_seconds(period: str) -> float:
     """Seconds of a report period: hourly, daily, or a number of seconds such as 90s."""

@@ -1,13 +1,15 @@
 """Thin Celery tasks: deserialize, call the pipeline, record, return.
 
 Generation is made idempotent by the job store (an outcome is recorded once
-per job id; a redelivered job that already finished is skipped), so it can
-use ``acks_late``: a worker that dies mid-job gets its job redelivered
-instead of losing it.
+per job id; a redelivered job that already finished, or that a live worker
+runs, is skipped), so it can use ``acks_late``. A worker that dies mid-job
+stops renewing the job's lease, and the periodic job sweep re-queues or fails
+it (``workers/leases.py``) long before the broker's visibility timeout.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -15,10 +17,11 @@ from typing import Any
 from celery.signals import worker_ready
 
 from evaluators.contracts import GenerationJob, JobError, Status
-from evaluators.errors import AssayError
+from evaluators.errors import AssayError, Unavailable
 from store.jobs import JobStore, job_store
 from workers.audit import audit_runner, run_store
 from workers.celery_app import app
+from workers.leases import Leases, RedisRedeliverer, sweep_jobs
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
 
@@ -26,19 +29,42 @@ log = logging.getLogger(__name__)
 
 
 def _store() -> JobStore:
-    return job_store(worker_settings().resolved_database_url())
+    settings = worker_settings()
+    return job_store(settings.resolved_database_url(), retry_s=settings.store_retry_s)
 
 
-@app.task(name="assay.generate", acks_late=True, reject_on_worker_lost=True)
-def generate(message: dict[str, Any]) -> str:
+@functools.cache
+def _leases() -> Leases:
+    """This process's lease keeper (one heartbeat thread per worker process)."""
+    return Leases(_store, worker_settings().heartbeat_interval_s)
+
+
+@app.task(name="assay.generate", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
+def generate(self: Any, message: dict[str, Any]) -> str:
     """Run one job; the outcome goes to the job store (the broker carries no results)."""
     job = GenerationJob.model_validate(message)
+    settings = worker_settings()
+    try:
+        return _run_job(job, _leases())
+    except Unavailable as exc:
+        # The database stayed down through the store's retries. Try the whole job again once
+        # this process's lease on it has lapsed, so any worker may claim it.
+        log.warning("job %s: %s; retrying", job.job_id, exc.detail)
+        raise self.retry(exc=exc, countdown=settings.job_lease_s + settings.heartbeat_interval_s) from exc
+
+
+def _run_job(job: GenerationJob, leases: Leases) -> str:
     job_id = str(job.job_id)
     store = _store()
-    if not store.mark_running(job_id):
-        # Cancelled before it started, or a redelivery of a finished job.
-        log.info("job %s skipped: not queued or running", job_id)
+    if not store.claim(job_id, leases.worker, worker_settings().job_lease_s):
+        # Cancelled before it started, finished already, or run by a live worker right now.
+        log.info("job %s skipped: finished, cancelled or held by a live worker", job_id)
         return "skipped"
+    with leases.holding(job_id):
+        return _guarded(job_id, job, store)
+
+
+def _guarded(job_id: str, job: GenerationJob, store: JobStore) -> str:
     try:
         result = guarded_generation(job)
     except AssayError as exc:
@@ -82,6 +108,15 @@ def audit_start(run_id: str) -> int:
 @app.task(name="assay.audit.chunk", bind=True, acks_late=True, reject_on_worker_lost=True)
 def audit_chunk(self: Any, run_id: str, keys: list[str]) -> int:
     return audit_runner().run_chunk(run_id, keys, worker=getattr(self.request, "hostname", None))
+
+
+@app.task(name="assay.jobs.sweep")
+def jobs_sweep() -> dict[str, int]:
+    """Periodic (beat): re-queue or fail running jobs whose worker stopped renewing their lease."""
+    settings = worker_settings()
+    broker = None if settings.embedded else RedisRedeliverer(app)
+    lease_s, max_attempts = settings.job_lease_s, settings.job_max_attempts
+    return sweep_jobs(_store(), broker, lease_s=lease_s, max_attempts=max_attempts).as_dict()
 
 
 @app.task(name="assay.audit.sweep")

@@ -91,7 +91,8 @@ def test_migrations_create_the_schema_at_head(db_url: str) -> None:
     tables = set(inspect(db.engine).get_table_names())
     assert {"jobs", "audit_runs", "audit_results", "policies", "models", "alembic_version"} <= tables
     with db.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
+    assert {"worker", "heartbeat_at"} <= {col["name"] for col in inspect(db.engine).get_columns("jobs")}
 
 
 def test_one_database_per_url_until_reset(db_url: str) -> None:
@@ -108,18 +109,18 @@ def test_job_outcome_is_recorded_once(db_url: str) -> None:
     assert created.created_at is not None and created.params == PARAMS
     with pytest.raises(ValidationError):  # records are frozen copies, not live rows
         created.status = Status.RUNNING
-    assert store.mark_running("j1")
+    assert store.claim("j1", "w1", 60)
     assert store.get("j1").status == Status.RUNNING  # type: ignore[union-attr]
     assert store.finish("j1", Status.SUCCEEDED, result=_result("Paris"))
     # A redelivered copy finishing later must not overwrite the first outcome.
     assert not store.finish("j1", Status.FAILED, error=JobError(detail="late duplicate"))
     job = store.get("j1")
     assert job is not None and job.status == Status.SUCCEEDED and job.result == _result("Paris")
-    assert not store.mark_running("j1")
+    assert not store.claim("j1", "w2", 60)
 
     _job(store, "j2")
     assert store.cancel("j2")
-    assert not store.mark_running("j2")
+    assert not store.claim("j2", "w1", 60)
     cancelled = store.get("j2")
     assert cancelled is not None and cancelled.status == Status.CANCELLED
     assert cancelled.error == JobError(reason="cancelled by request")
@@ -163,3 +164,35 @@ def test_audit_results_count_exactly_once(db_url: str) -> None:
     assert not audits.finish_run("r1", Status.FAILED)
     assert audits.get_run("r1").report == {"verdict": "pass"}  # type: ignore[union-attr]
     assert audits.get_run("missing") is None
+
+
+def test_job_lease_claim_heartbeat_release_and_fail(db_url: str) -> None:
+    store = job_store(db_url)
+    _job(store, "j1")
+    assert store.claim("j1", "w1", lease_s=60)
+    claimed = store.get("j1")
+    assert claimed is not None and claimed.worker == "w1" and claimed.heartbeat_at is not None
+    # A duplicate delivery while w1's lease is live is refused: a job never runs twice at once.
+    assert not store.claim("j1", "w2", lease_s=60)
+    assert store.heartbeat(["j1"], "w1") == 1 and store.heartbeat(["j1"], "w2") == 0
+    assert store.stale(60) == []
+    # A lease shorter than the time since the heartbeat has lapsed: w1 is presumed dead.
+    assert [j.id for j in store.stale(-1)] == ["j1"]
+    assert store.claim("j1", "w2", lease_s=-1)
+    again = store.get("j1")
+    assert again is not None and again.worker == "w2" and again.attempts == 2
+    assert store.release("j1", lease_s=-1)
+    released = store.get("j1")
+    assert released is not None and released.status == Status.QUEUED and released.worker is None
+    assert not store.release("j1", lease_s=-1)  # only running jobs with a lapsed lease move
+    assert store.claim("j1", "w3", lease_s=60)
+    assert not store.fail_stale("j1", 60, JobError(code="worker-lost"))  # w3's lease is live
+    assert store.fail_stale("j1", -1, JobError(code="worker-lost", detail="no heartbeat"))
+    failed = store.get("j1")
+    assert failed is not None and failed.status == Status.FAILED and failed.error is not None
+    assert failed.error.code == "worker-lost" and failed.finished_at is not None
+    # Recorded once: neither a late finish of the lost run nor a second sweep changes it.
+    assert not store.finish("j1", Status.SUCCEEDED, result=_result("late"))
+    assert not store.fail_stale("j1", -1, JobError(code="worker-lost"))
+    _job(store, "j2")
+    assert store.count_by_status() == {"failed": 1, "queued": 1}

@@ -178,7 +178,9 @@ def test_worker_start_configures_the_process_before_torch_loads(tmp_path: Path) 
     # Outcomes live in the job store: Celery keeps no results anywhere.
     assert seen["backend"] == "DisabledBackend"
     assert seen["ignore_result"] is True
-    assert seen["tasks"] == ["assay.audit.chunk", "assay.audit.start", "assay.audit.sweep", "assay.generate"]
+    assert seen["tasks"] == [
+        "assay.audit.chunk", "assay.audit.start", "assay.audit.sweep", "assay.generate", "assay.jobs.sweep",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------ dev tooling
