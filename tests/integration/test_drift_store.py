@@ -7,6 +7,8 @@ import threading
 from collections import Counter
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from devstack.drift_traffic import TrafficShape, random_pool, synthetic_events
@@ -16,7 +18,7 @@ from evaluators.drift.recorder import DriftRecorder
 from evaluators.drift.report import build_report
 from evaluators.drift.sketch import RESERVOIR
 from evaluators.errors import InputError
-from store.db import database, reset_stores
+from store.db import MIGRATIONS, database, reset_stores
 from store.drift import DriftStore
 from store.models import DriftBucket
 from tests.integration.test_store import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
@@ -41,8 +43,14 @@ def test_migration_0002_adds_the_drift_tables(db_url: str) -> None:  # noqa: F81
     db = database(db_url)
     tables = set(inspect(db.engine).get_table_names())
     assert {"drift_buckets", "drift_baselines", "drift_reports"} <= tables
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(cfg)
     with db.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        version = c.execute(text("select version_num from alembic_version")).scalar()
+    assert version == script.get_current_head()
+    drift = script.get_revision("0002")
+    assert drift is not None and drift.down_revision == "0001"
 
 
 def test_acknowledged_events_are_in_the_store_pre_aggregated(db_url: str) -> None:  # noqa: F811
