@@ -37,8 +37,18 @@ from workers.streams import StreamWriter, stream_writer
 
 log = logging.getLogger(__name__)
 
-OVERLAP_CHARS = 200
+OVERLAP_CHARS = 100
 """Characters of released text a window check sees again before the new words (context)."""
+
+FIRST_WINDOW_CHARS = 1
+"""The first window is checked as soon as it holds a word: that is the time to first token."""
+
+WINDOW_CHARS = 48
+"""Later windows wait for this many new characters (or ``WINDOW_WAIT_S``): each check costs
+about as much for eight words as for one, and competes with the decode for the cores."""
+
+WINDOW_WAIT_S = 0.4
+"""Words waiting this long are checked however few they are, so a slow stream keeps moving."""
 
 CANCEL_POLL_S = 0.5
 """How often a streaming job asks whether it was cancelled (a client that went away)."""
@@ -91,6 +101,7 @@ class StreamGuard:
         """Characters of ``text`` already checked and published."""
         self.blocked: Decision | None = None
         self.checks = 0
+        self._last_check = time.monotonic()
         self._pieces: queue.Queue[str] = queue.Queue()
 
     def on_text(self, piece: str) -> None:
@@ -163,6 +174,10 @@ class StreamGuard:
         end = len(self.text)  # pieces end on a word boundary
         if end <= self.released or not self.text[self.released : end].strip():
             return
+        wanted = WINDOW_CHARS if self.released else FIRST_WINDOW_CHARS
+        if end - self.released < wanted and time.monotonic() - self._last_check < WINDOW_WAIT_S:
+            return
+        self._last_check = time.monotonic()
         start = max(0, self.released - self.overlap)
         if start > 0:  # begin the window on a word
             space = self.text.find(" ", start, self.released)

@@ -219,9 +219,14 @@ def test_a_block_mid_stream_never_sends_the_blocked_word(client: openai.OpenAI, 
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     streamed = "".join(pieces)
     assert "Paris" not in streamed
-    # Words before the blocked one passed their window checks and went out first.
+    # Words before the blocked one passed their window checks and went out first: the
+    # beginning of the answer the model gives when nothing blocks it.
     assert streamed.strip(), stack.dump_logs()
-    assert "capital" in streamed
+    unblocked = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48
+    )
+    assert (unblocked.choices[0].message.content or "").startswith(streamed)
+    assert "Paris" in (unblocked.choices[0].message.content or "")
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["content_filter"]
     refusals = [c.choices[0].delta.refusal for c in chunks if c.choices and c.choices[0].delta.refusal]
