@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
-from evaluators.contracts import AuditRequest
-from evaluators.errors import AssayError, InputError
+from assay.client import Client
+from assay.errors import AssayClientError
+from assay.models import Audit
+from evaluators.contracts import AuditRequest, Status
+from evaluators.errors import InputError
 
 
 def _bar(done: int, total: int, started: float, width: int = 30) -> str:
@@ -42,27 +44,23 @@ def _write(record: dict[str, Any], out: Path) -> None:
         print(f"  {mark} {gate.get('gate') or gate.get('expression')}: {gate.get('value')}", file=sys.stderr)
 
 
-def run_remote(server: str, body: dict[str, Any], out: Path, poll_s: float = 1.0) -> int:
-    with httpx.Client(base_url=server, timeout=60) as c:
-        r = c.post("/v1/audits", json=body)
-        if r.status_code != 202:
-            print(f"error: {r.status_code} {r.text}", file=sys.stderr)
-            return 2
-        run_id = r.json()["id"]
-        print(f"audit {run_id} started", file=sys.stderr)
+def run_remote(server: str, request: AuditRequest, out: Path, poll_s: float = 1.0) -> int:
+    """Run the audit through the API at ``server`` (its workers) with the typed client."""
+    with Client(server) as assay:
+        run = assay.start_audit(request)
+        print(f"audit {run.id} started", file=sys.stderr)
         started = time.monotonic()
-        while True:
-            status = c.get(f"/v1/audits/{run_id}").json()
-            prog = status.get("progress", {})
+
+        def progress(audit: Audit) -> None:
+            prog = audit.progress or {}
             print(_bar(prog.get("done", 0), prog.get("total", 0), started), end="", file=sys.stderr)
-            if status["status"] in {"succeeded", "failed", "cancelled"}:
-                print(file=sys.stderr)
-                break
-            time.sleep(poll_s)
-        if status["status"] != "succeeded":
-            print(f"error: audit {run_id} {status['status']}: {status.get('error')}", file=sys.stderr)
+
+        final = assay.wait_audit(run.id, timeout=float("inf"), poll_s=poll_s, on_progress=progress)
+        print(file=sys.stderr)
+        if final.status != Status.SUCCEEDED:
+            print(f"error: audit {run.id} {final.status}: {getattr(final, 'error', None)}", file=sys.stderr)
             return 2
-        record = c.get(f"/v1/audits/{run_id}/report", params={"format": "json"}).json()
+        record = assay.audit_report(run.id, "json")
     _write(record, out)
     return _exit_code(record)
 
@@ -125,24 +123,22 @@ def cmd_audit_run(args: Any) -> int:
     out = Path(args.out)
     try:
         if args.server:
-            return run_remote(args.server, request.model_dump(mode="json", exclude_none=True), out)
+            return run_remote(args.server, request, out)
         return run_embedded(request, out)
-    except AssayError:
-        raise
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.server}: {exc}", file=sys.stderr)
+    except AssayClientError as exc:
+        print(f"error: {args.server}: {exc}", file=sys.stderr)
         return 2
 
 
 def cmd_audit_report(args: Any) -> int:
     out = Path(args.out)
     if args.server:
-        with httpx.Client(base_url=args.server, timeout=60) as c:
-            r = c.get(f"/v1/audits/{args.id}/report", params={"format": "json"})
-            if r.status_code != 200:
-                print(f"error: {r.status_code} {r.text}", file=sys.stderr)
-                return 2
-            record = r.json()
+        try:
+            with Client(args.server) as assay:
+                record = assay.audit_report(args.id, "json")
+        except AssayClientError as exc:
+            print(f"error: {args.server}: {exc}", file=sys.stderr)
+            return 2
     else:
         from workers.audit import run_store
 
