@@ -262,3 +262,33 @@ def test_a_client_that_goes_away_cancels_its_job(stack: Stack) -> None:
     while not any(f"job {job_id} cancelled mid-stream" in p.read_text() for p in stack.logs if p.exists()):
         assert time.monotonic() < deadline, stack.dump_logs()
         time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- LangChain
+
+
+def test_langchain_chat_openai_pointed_at_assay(stack: Stack) -> None:
+    from langchain_core.messages import AIMessageChunk, HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    def chat(model: str) -> ChatOpenAI:
+        return ChatOpenAI(
+            model=model,
+            base_url=f"{stack.base_url}/v1",
+            api_key="not-checked",
+            temperature=0,
+            max_tokens=24,  # type: ignore[arg-type]
+        )
+
+    answer = chat("smollm2").invoke([HumanMessage(QUESTION)])
+    assert "Paris" in str(answer.content)
+    assert answer.response_metadata["finish_reason"] in {"stop", "length"}
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] > 0
+    chunks = list(chat("smollm2").stream(QUESTION))
+    assert len(chunks) > 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert "".join(str(c.content) for c in chunks) == answer.content
+    blocked = list(chat("smollm2@guard").stream(QUESTION))
+    assert "Paris" not in "".join(str(c.content) for c in blocked)
+    assert [
+        c.response_metadata.get("finish_reason") for c in blocked if c.response_metadata.get("finish_reason")
+    ] == ["content_filter"]
