@@ -206,6 +206,19 @@ class _Base:
             raise error_for(response)
         return call.parse(response)
 
+    def _after_failure(self, attempt: int, exc: httpx.TransportError) -> float:
+        """The wait before retrying a request that got no answer; raises when it must not be retried.
+
+        Only a connection that could not be made is retried: a request that was
+        sent may have been acted on (a job queued), so it is never repeated.
+        """
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            delay = self.retry.delay(attempt, None)
+            if delay is not None:
+                return delay
+            raise AssayConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+        raise AssayConnectionError(f"no answer from {self.base_url}: {exc}") from exc
+
     def _request(self, call: _Call[Any]) -> dict[str, Any]:
         timeout = max(self.timeout, call.timeout or 0.0)
         return {"method": call.method, "url": call.path, "json": call.json, "params": dict(call.params),
@@ -240,14 +253,11 @@ class Client(_Base):
         attempt = 0
         while True:
             attempt += 1
+            delay: float | None
             try:
                 response = self._http.request(**self._request(call))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                delay = self.retry.delay(attempt, None)
-                if delay is None:
-                    raise AssayConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
-            except httpx.TransportError as exc:  # sent, but no answer: not safe to repeat
-                raise AssayConnectionError(f"no answer from {self.base_url}: {exc}") from exc
+            except httpx.TransportError as exc:
+                delay = self._after_failure(attempt, exc)
             else:
                 delay = self.retry.delay(attempt, response)
                 if delay is None:
@@ -373,14 +383,11 @@ class AsyncClient(_Base):
         attempt = 0
         while True:
             attempt += 1
+            delay: float | None
             try:
                 response = await self._http.request(**self._request(call))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                delay = self.retry.delay(attempt, None)
-                if delay is None:
-                    raise AssayConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
             except httpx.TransportError as exc:
-                raise AssayConnectionError(f"no answer from {self.base_url}: {exc}") from exc
+                delay = self._after_failure(attempt, exc)
             else:
                 delay = self.retry.delay(attempt, response)
                 if delay is None:

@@ -97,6 +97,26 @@ def _stream(
     )
 
 
+async def _complete(
+    app: AppState,
+    request: Request[Any, Any, Any],
+    data: ChatRequest | CompletionRequest,
+    kind: Kind,
+    prompt: Prompt,
+) -> Response[dict[str, Any]] | Stream:
+    """One completion of either kind: queue its jobs, then stream them or wait for them."""
+    created = int(time.time())
+    _, job_ids = await _submit(app, request, data, prompt)
+    if data.stream:
+        return _stream(app, kind, data, created, job_ids)
+    results = await _results(app, job_ids)
+    if isinstance(results, Response):
+        return results
+    build = mapping.chat_completion if kind == "chat" else mapping.completion
+    body = build(data.model, created, job_ids, results)
+    return Response(body.model_dump(mode="json"), status_code=200)
+
+
 class OpenAIController(Controller):
     """Drop-in routes for apps that speak the OpenAI protocol."""
 
@@ -108,31 +128,13 @@ class OpenAIController(Controller):
     async def chat(
         self, data: ChatRequest, state: State, request: Request[Any, Any, Any]
     ) -> Response[dict[str, Any]] | Stream:
-        app: AppState = state.assay
-        created = int(time.time())
-        _, job_ids = await _submit(app, request, data, mapping.chat_prompt(data.messages))
-        if data.stream:
-            return _stream(app, "chat", data, created, job_ids)
-        results = await _results(app, job_ids)
-        if isinstance(results, Response):
-            return results
-        body = mapping.chat_completion(data.model, created, job_ids, results)
-        return Response(body.model_dump(mode="json"), status_code=200)
+        return await _complete(state.assay, request, data, "chat", mapping.chat_prompt(data.messages))
 
     @post("/completions", status_code=200, summary="OpenAI-compatible text completion, guarded")
     async def complete(
         self, data: CompletionRequest, state: State, request: Request[Any, Any, Any]
     ) -> Response[dict[str, Any]] | Stream:
-        app: AppState = state.assay
-        created = int(time.time())
-        _, job_ids = await _submit(app, request, data, mapping.completion_prompt(data.prompt))
-        if data.stream:
-            return _stream(app, "text", data, created, job_ids)
-        results = await _results(app, job_ids)
-        if isinstance(results, Response):
-            return results
-        body = mapping.completion(data.model, created, job_ids, results)
-        return Response(body.model_dump(mode="json"), status_code=200)
+        return await _complete(state.assay, request, data, "text", mapping.completion_prompt(data.prompt))
 
     @get("/models", summary="Served models, each alone and with each policy ('MODEL@POLICY')")
     async def models(self, state: State) -> ModelList:
