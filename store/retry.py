@@ -36,11 +36,32 @@ class Retrying(Protocol):
     retry_s: float
 
 
+_CONNECTION_ERRORS = {"OperationalError", "InterfaceError"}
+
+
 def transient(exc: BaseException) -> bool:
-    """True for errors a later attempt may not meet: refused or dropped connections, locks, pool timeouts."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    """True for errors a later attempt may not meet: refused or dropped connections, locks, pool timeouts.
+
+    The driver's error counts too, and so does one that another error was
+    raised in handling: psycopg reports a connection dropped during the pool's
+    pre-ping as a ProgrammingError raised while handling an OperationalError.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        names = {c.__name__ for c in type(current).__mro__}
+        if not isinstance(current, DBAPIError) and _CONNECTION_ERRORS & names:
+            return True  # the DB-API driver's own (sqlite3, psycopg)
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
 
 
 def unavailable(exc: BaseException, waited_s: float) -> Unavailable:

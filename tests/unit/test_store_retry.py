@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from devstack.redis import free_port
 from evaluators.errors import Unavailable
@@ -46,6 +47,14 @@ def test_errors_a_retry_cannot_fix_are_raised_at_once() -> None:
     with pytest.raises(IntegrityError):
         call_with_retries(flaky, retry_s=5, what="test")
     assert flaky.calls == 1
+
+
+def test_a_connection_dropped_during_the_pool_ping_counts_as_transient() -> None:
+    # psycopg: restoring autocommit after a failed ping raises ProgrammingError while handling the drop.
+    driver_error = sqlite3.ProgrammingError("can't change 'autocommit' now")
+    driver_error.__context__ = sqlite3.OperationalError("connection socket closed")
+    assert transient(ProgrammingError("ping", {}, driver_error))
+    assert not transient(ProgrammingError("select", {}, sqlite3.ProgrammingError("syntax error")))
 
 
 def test_a_database_that_stays_down_is_unavailable_with_a_retry_after() -> None:
