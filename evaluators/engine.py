@@ -22,6 +22,7 @@ from evaluators.normalize import NormalizedText, normalize
 from evaluators.policy import LoadedPolicy
 from evaluators.redact import redact
 from evaluators.registry import build_check
+from evaluators.telemetry import batch_evaluated, check_timed
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class PolicyEngine:
         findings: list[list[Finding]] = [[] for _ in range(n)]
         errors: list[list[CheckError]] = [[] for _ in range(n)]
         timings: dict[str, float] = {}
+        batch_evaluated(self.loaded.name, stage, n)
         for bound in self._stages[stage]:
             started = time.perf_counter()
             per_item = self._run_check(bound, inputs)
@@ -189,7 +191,9 @@ class PolicyEngine:
                     errors[i].append(outcome)
                 else:
                     findings[i].extend(outcome)
-            timings[bound.check.name] = round((time.perf_counter() - started) * 1000, 3)
+            elapsed = time.perf_counter() - started
+            timings[bound.check.name] = round(elapsed * 1000, 3)
+            check_timed(self.loaded.name, stage, bound.check.name, elapsed)
         return [_decide(normalized[i], findings[i], errors[i], timings) for i in range(n)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
+        self._load_s: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._fork_hook = False
@@ -37,17 +39,24 @@ class ModelRegistry:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._models:
+                started = time.perf_counter()
                 self._models[key] = loader()
+                self._load_s[key] = time.perf_counter() - started
             return self._models[key]
 
     def loaded_keys(self) -> list[str]:
         """Keys of what this process loaded (for readiness and debugging)."""
         return sorted(self._models)
 
+    def load_seconds(self) -> dict[str, float]:
+        """How long each loaded model took to load, by key (the metrics' model load time)."""
+        return dict(self._load_s)
+
     def clear(self) -> None:
         """Forget everything loaded: the next ``get`` loads again (tests, policy reloads)."""
         with self._guard:
             self._models.clear()
+            self._load_s.clear()
             self._locks.clear()
 
     def _reset_locks(self) -> None:

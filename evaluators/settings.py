@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +112,9 @@ class EvaluatorSettings(AssaySettings):
 
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch on CPU; 0 keeps the process's default (ASSAY_TORCH_THREADS)."""
+
+    log_format: Literal["json", "text"] = "json"
+    """Log lines of the API, the workers and the CLI: JSON objects or plain text (ASSAY_LOG_FORMAT)."""
 
     cache_dir: UserPath = Field(default_factory=_default_cache_dir)
     """Build cache shared by every checkout on this machine: trained default models live here,

@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from evaluators.runtime import configure_process
+from service.observability import MetricsController, install_metrics, prometheus_config, request_context
 from service.openai.routes import OpenAIController
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.audits import AuditController
@@ -36,6 +37,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         # Model loading is blocking work: keep it off the event loop.
         state = await asyncio.to_thread(AppState.create, settings)
         app.state.assay = state
+        install_metrics(state.worker_settings, settings.store_wait_s)
         state.start_embedded_worker()
         state.ready = True
         try:
@@ -44,7 +46,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             state.ready = False
             await state.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
@@ -55,8 +57,10 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             AuditController,
             DriftController,
             OpenAIController,
+            MetricsController,
         ],
         lifespan=[lifespan],
+        middleware=[prometheus_config().middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -67,4 +71,10 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=False,
+        # Logging is set up once per process by its entry point (JSON lines, request ids:
+        # evaluators/logs.py), not replaced by Litestar's own configuration.
+        logging_config=None,
     )
+    # Outermost, so every response (404 and 405 included) carries X-Request-ID.
+    app.asgi_handler = request_context(app.asgi_handler)
+    return app

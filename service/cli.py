@@ -23,7 +23,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     app = create_app(settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    # log_config=None: uvicorn's records go through Assay's handler (JSON lines, request ids);
+    # access lines come from service/observability.py, without query strings.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, log_config=None
+    )
     server = uvicorn.Server(config)
     server.run()
     # uvicorn reports a failed lifespan startup by not starting; say so in the exit code.
@@ -280,12 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from evaluators.logs import configure_logging
+    from evaluators.settings import evaluator_settings
+
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.INFO,
+        json_lines=evaluator_settings().log_format == "json",
     )
-    # Presidio logs every recognizer it loads at INFO; keep startup output readable.
-    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except FileValidationError as exc:

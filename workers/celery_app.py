@@ -17,6 +17,7 @@ from celery import Celery
 from kombu import Queue
 
 from evaluators.runtime import configure_process
+from workers.context import install_request_context
 from workers.settings import WorkerSettings, period_seconds, worker_settings
 
 
@@ -72,6 +73,8 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
     configure_process()
     settings = settings or worker_settings()
     broker, transport_options = _broker(settings)
+    # Request ids into task headers and back out in workers; JSON logs in Celery processes.
+    install_request_context()
     app = Celery("assay", broker=broker)
     queues = [Queue(name, routing_key=name) for name in settings.queues()]
     app.conf.update(

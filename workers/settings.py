@@ -84,6 +84,9 @@ class WorkerSettings(AssaySettings):
     store_retry_s: float = Field(default=30.0, ge=0)
     """How long a worker retries a database that does not answer (ASSAY_STORE_RETRY_S)."""
 
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port where a worker serves Prometheus /metrics; 0 serves none (ASSAY_METRICS_PORT)."""
+
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> WorkerSettings:
         if self.heartbeat_interval_s >= self.job_lease_s:

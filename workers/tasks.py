@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from typing import Any
 
 from celery.signals import worker_ready
@@ -22,6 +23,7 @@ from store.jobs import JobStore, job_store
 from workers.audit import audit_runner, run_store
 from workers.celery_app import app
 from workers.leases import Leases, RedisRedeliverer, sweep_jobs
+from workers.metrics import GENERATION_BATCH_ROWS, JOB_SECONDS, JOBS_FINISHED, SWEPT, serve_worker_metrics
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
 
@@ -60,8 +62,13 @@ def _run_job(job: GenerationJob, leases: Leases) -> str:
         # Cancelled before it started, finished already, or run by a live worker right now.
         log.info("job %s skipped: finished, cancelled or held by a live worker", job_id)
         return "skipped"
+    started = time.perf_counter()
     with leases.holding(job_id):
-        return _guarded(job_id, job, store)
+        outcome = _guarded(job_id, job, store)
+    elapsed = time.perf_counter() - started
+    JOB_SECONDS.observe(elapsed)
+    log.info("job %s finished: %s in %.2f s", job_id, outcome, elapsed)
+    return outcome
 
 
 def _guarded(job_id: str, job: GenerationJob, store: JobStore) -> str:
@@ -69,14 +76,19 @@ def _guarded(job_id: str, job: GenerationJob, store: JobStore) -> str:
         result = guarded_generation(job)
     except AssayError as exc:
         store.finish(job_id, Status.FAILED, error=JobError(code=exc.code, title=exc.title, detail=exc.detail))
+        JOBS_FINISHED.labels(Status.FAILED.value).inc()
         log.warning("job %s failed: %s", job_id, exc.code)
         return "failed"
     except Exception as exc:
         error = JobError(code="internal-error", title="Job failed", detail=f"{type(exc).__name__}: {exc}")
         store.finish(job_id, Status.FAILED, error=error)
+        JOBS_FINISHED.labels(Status.FAILED.value).inc()
         log.exception("job %s failed", job_id)
         raise
     store.finish(job_id, Status.SUCCEEDED, result=result)
+    JOBS_FINISHED.labels(Status.SUCCEEDED.value).inc()
+    if result.batch_rows:
+        GENERATION_BATCH_ROWS.observe(result.batch_rows)
     return result.action.value
 
 
@@ -92,6 +104,11 @@ def _warm_up_in_background(sender: Any = None, **_: Any) -> None:
         log.info("warm-up skipped for pool %s: children load models lazily", pool_module)
         return
     threading.Thread(target=warm_up, name="assay-warm-up", daemon=True).start()
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    serve_worker_metrics(worker_settings().metrics_port)
 
 
 def _enqueue_chunk(run_id: str, keys: list[str]) -> None:
@@ -116,7 +133,10 @@ def jobs_sweep() -> dict[str, int]:
     settings = worker_settings()
     broker = None if settings.embedded else RedisRedeliverer(app)
     lease_s, max_attempts = settings.job_lease_s, settings.job_max_attempts
-    return sweep_jobs(_store(), broker, lease_s=lease_s, max_attempts=max_attempts).as_dict()
+    report = sweep_jobs(_store(), broker, lease_s=lease_s, max_attempts=max_attempts)
+    SWEPT.labels("requeued").inc(len(report.requeued))
+    SWEPT.labels("failed").inc(len(report.failed))
+    return report.as_dict()
 
 
 @app.task(name="assay.audit.sweep")
