@@ -85,6 +85,8 @@ class StreamGuard:
         context: tuple[str, ...] = (),
         cancelled: Callable[[], bool] = lambda: False,
         overlap: int = OVERLAP_CHARS,
+        window_chars: int = WINDOW_CHARS,
+        window_wait_s: float = WINDOW_WAIT_S,
     ) -> None:
         self.job_id = job_id
         self.engine = engine
@@ -92,6 +94,8 @@ class StreamGuard:
         self.context = context
         self.cancelled = cancelled
         self.overlap = overlap
+        self.window_chars = window_chars
+        self.window_wait_s = window_wait_s
         self.windows = not whole_answer_checks(engine)
         self.cancel = threading.Event()
         """Set to stop the decode: by a block, or by a cancelled job."""
@@ -174,8 +178,8 @@ class StreamGuard:
         end = len(self.text)  # pieces end on a word boundary
         if end <= self.released or not self.text[self.released : end].strip():
             return
-        wanted = WINDOW_CHARS if self.released else FIRST_WINDOW_CHARS
-        if end - self.released < wanted and time.monotonic() - self._last_check < WINDOW_WAIT_S:
+        wanted = self.window_chars if self.released else FIRST_WINDOW_CHARS
+        if end - self.released < wanted and time.monotonic() - self._last_check < self.window_wait_s:
             return
         self._last_check = time.monotonic()
         start = max(0, self.released - self.overlap)

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is the capital of France?"
+EIFFEL = "Write two sentences about the Eiffel Tower."
 
 GUARD_POLICY = ROOT / "tests" / "fixtures" / "policies" / "guard.yaml"
 
@@ -199,6 +200,19 @@ def test_streamed_completion(client: openai.OpenAI) -> None:
     ]
 
 
+def test_streamed_choices_interleave_and_each_finishes(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="smollm2", prompt=QUESTION, temperature=0.8, seed=3, max_tokens=12, n=2, stream=True
+    )
+    chunks = [c for c in stream if c.choices]
+    texts = {i: "".join(c.choices[0].text for c in chunks if c.choices[0].index == i) for i in (0, 1)}
+    assert all(t.strip() for t in texts.values())
+    finishes = sorted(
+        (c.choices[0].index, c.choices[0].finish_reason) for c in chunks if c.choices[0].finish_reason
+    )
+    assert [i for i, _ in finishes] == [0, 1]
+
+
 def test_blocked_prompt_streams_only_the_refusal(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="smollm2@strict",
@@ -212,27 +226,26 @@ def test_blocked_prompt_streams_only_the_refusal(client: openai.OpenAI) -> None:
 
 
 def test_a_block_mid_stream_never_sends_the_blocked_word(client: openai.OpenAI, stack: Stack) -> None:
-    stream = client.chat.completions.create(
-        model="smollm2@guard", messages=[{"role": "user", "content": QUESTION}], stream=True
-    )
+    # Greedy, the model names Paris about ten words in: the words before it pass their
+    # windows and go out; the window with "Paris" blocks, and the decode stops there.
+    messages = [{"role": "user", "content": EIFFEL}]
+    stream = client.chat.completions.create(model="smollm2@guard", messages=messages, stream=True)  # type: ignore[arg-type]
     chunks = list(stream)
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    streamed = "".join(pieces)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "Paris" not in streamed
-    # Words before the blocked one passed their window checks and went out first: the
-    # beginning of the answer the model gives when nothing blocks it.
     assert streamed.strip(), stack.dump_logs()
-    unblocked = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48
-    )
-    assert (unblocked.choices[0].message.content or "").startswith(streamed)
-    assert "Paris" in (unblocked.choices[0].message.content or "")
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["content_filter"]
     refusals = [c.choices[0].delta.refusal for c in chunks if c.choices and c.choices[0].delta.refusal]
     assert refusals and "withheld" in refusals[0]
     assay = chunks[-1].model_extra["assay"]  # type: ignore[index]
     assert assay["action"] == "block" and assay["choices"][0]["blocked_stage"] == "output"
+    # What the model says when nothing stops it: the streamed words are its beginning.
+    plain = client.chat.completions.create(model="smollm2@guard", messages=messages)  # type: ignore[arg-type]
+    job_id = plain.model_extra["assay"]["choices"][0]["job_id"]  # type: ignore[index]
+    with httpx.Client(base_url=stack.base_url) as c:
+        raw = c.get(f"/v1/jobs/{job_id}").json()["result"]["raw_output"]
+    assert "Paris" in raw and raw.startswith(streamed)
 
 
 def test_a_client_that_goes_away_cancels_its_job(stack: Stack) -> None:

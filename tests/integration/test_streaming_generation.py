@@ -110,7 +110,9 @@ def _run_guard(
     smollm: Generator, engine: PolicyEngine, prompt: str, params: SamplingParams
 ) -> tuple[StreamGuard, _Recorder, str]:
     writer = _Recorder()
-    guard = StreamGuard("job1", engine, writer)
+    # Every new word gets its window: the block is found by a window, whatever the timing
+    # (with the default cadence, an answer this short may end before its second window).
+    guard = StreamGuard("job1", engine, writer, window_chars=1, window_wait_s=0.0)
     with BatchingGenerator(smollm) as batching:
         future = batching.submit(
             DecodeRequest(prompt=prompt, params=params, on_text=guard.on_text, cancel=guard.cancel)
