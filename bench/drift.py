@@ -96,6 +96,15 @@ def make_events(n: int, seed: int = 0) -> list[DriftEvent]:
     return events
 
 
+def _in_threads(produce: Any, clients: int) -> None:
+    """Run ``produce(k)`` for k in 0..clients-1 in threads, and wait for them all."""
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def ingest(url: str, events: list[DriftEvent], clients: int) -> dict[str, float]:
     """Events through record() from ``clients`` threads until every one is acknowledged."""
     from store.db import database
@@ -116,11 +125,7 @@ def ingest(url: str, events: list[DriftEvent], clients: int) -> dict[str, float]
             in_record[k] += time.perf_counter() - t
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=produce, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(produce, clients)
     ok = recorder.flush(timeout=3600)
     wall = time.perf_counter() - started
     stats = recorder.stats()
@@ -159,11 +164,7 @@ def naive_ingest(url: str, events: list[DriftEvent], clients: int) -> dict[str, 
                 c.execute(insert(table), rows)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=produce, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(produce, clients)
     wall = time.perf_counter() - started
     engine.dispose()
     return {"events": len(events), "clients": clients, "seconds": wall, "events_per_s": len(events) / wall}

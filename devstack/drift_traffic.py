@@ -57,6 +57,17 @@ _FILL = {
 }
 
 
+# Order-support questions as an app would send them for moderation (plain, no slots).
+SUPPORT_QUESTIONS = [
+    "Where is my order? It was supposed to arrive on Monday.",
+    "I want a refund for the kettle I bought last week.",
+    "Can I change the delivery address for my order?",
+    "The desk lamp arrived broken, what should I do?",
+    "How long does shipping to Canada usually take?",
+    "Is the blender back in stock yet?",
+]
+
+
 def topic_texts(templates: list[str], n: int, seed: int = 0) -> list[str]:
     """``n`` sentences from ``templates`` with their slots filled at random (seeded)."""
     rng = np.random.default_rng(seed)

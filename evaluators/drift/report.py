@@ -31,8 +31,16 @@ STAGES: tuple[Stage, ...] = ("input", "output")
 Progress = Callable[[str], None]
 
 
-def _verdict(over: bool, p: float | None, alpha: float) -> Verdict:
-    return "drift" if over and (p is None or p < alpha) else "ok"
+def _judged(name: str, test: stats.Test, threshold: float, alpha: float) -> Statistic:
+    """A statistic against its threshold: drift when over it and, for a test, p < alpha."""
+    drift = test.value > threshold and (test.p_value is None or test.p_value < alpha)
+    return Statistic(
+        name=name,
+        value=round(test.value, 6),
+        threshold=threshold,
+        p_value=test.p_value,
+        verdict="drift" if drift else "ok",
+    )
 
 
 def _signal(
@@ -87,8 +95,6 @@ def _distribution(
     if min(n_b, n_w) < policy.min_samples:
         return _signal(name, stage, kind, n_b, n_w, _too_few(("psi", "ks"), policy, name), chart=chart)
     t = policy.thresholds_for(name)
-    p = stats.psi(base, cur)
-    k = stats.ks(base, cur)
     return _signal(
         name,
         stage,
@@ -96,19 +102,8 @@ def _distribution(
         n_b,
         n_w,
         [
-            Statistic(
-                name="psi",
-                value=round(p.value, 6),
-                threshold=t.psi,
-                verdict=_verdict(p.value > t.psi, None, 1),
-            ),
-            Statistic(
-                name="ks",
-                value=round(k.value, 6),
-                threshold=t.ks,
-                p_value=k.p_value,
-                verdict=_verdict(k.value > t.ks, k.p_value, policy.alpha),
-            ),
+            _judged("psi", stats.psi(base, cur), t.psi, policy.alpha),
+            _judged("ks", stats.ks(base, cur), t.ks, policy.alpha),
         ],
         chart=chart,
     )
@@ -152,13 +147,7 @@ def _mix(
     t = policy.thresholds_for(name)
     test, new = stats.mix(base, cur)
     detail = f"new in the window: {', '.join(new)}" if new else None
-    statistic = Statistic(
-        name="js",
-        value=round(test.value, 6),
-        threshold=t.js,
-        p_value=test.p_value,
-        verdict=_verdict(test.value > t.js, test.p_value, policy.alpha),
-    )
+    statistic = _judged("js", test, t.js, policy.alpha)
     return _signal(name, stage, "mix", n_b, n_w, [statistic], detail=detail, chart=chart)
 
 
@@ -193,13 +182,7 @@ def _embedding(
         return _signal(name, stage, "embedding", n_b, n_w, _too_few(("mmd",), policy, name))
     t = policy.thresholds_for(name)
     test = stats.mmd(x, y, permutations=policy.permutations, seed=seed)
-    statistic = Statistic(
-        name="mmd",
-        value=round(test.value, 6),
-        threshold=t.mmd,
-        p_value=test.p_value,
-        verdict=_verdict(test.value > t.mmd, test.p_value, policy.alpha),
-    )
+    statistic = _judged("mmd", test, t.mmd, policy.alpha)
     detail = f"{len(x)} and {len(y)} embeddings sampled"
     return _signal(name, stage, "embedding", n_b, n_w, [statistic], detail=detail, chart=_scatter(x, y))
 

@@ -14,7 +14,6 @@ put almost everything in one bin. Lengths use quarter-octave bins.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -91,8 +90,8 @@ def _dense(pairs: Iterable[Sequence[int]], size: int) -> np.ndarray:
 
 
 @dataclass
-class Sketch:
-    """Aggregates of one bucket (or, merged, of many): counts, histograms and a reservoir."""
+class Totals:
+    """The counts and histograms of some events; they add up across buckets."""
 
     count: int = 0
     actions: Counter[str] = field(default_factory=Counter)
@@ -101,6 +100,23 @@ class Sketch:
     entity_events: int = 0
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(LENGTH_BINS, dtype=np.int64))
     policies: Counter[str] = field(default_factory=Counter)
+
+    def absorb(self, other: Totals) -> None:
+        """Add ``other``'s counts and histograms to these."""
+        self.count += other.count
+        self.actions.update(other.actions)
+        for k, v in other.scores.items():
+            self.scores[k] = self.scores[k] + v if k in self.scores else v.copy()
+        self.entities.update(other.entities)
+        self.entity_events += other.entity_events
+        self.lengths = self.lengths + other.lengths
+        self.policies.update(other.policies)
+
+
+@dataclass
+class Sketch(Totals):
+    """Aggregates of one bucket: counts, histograms and a reservoir of embeddings."""
+
     reservoir: np.ndarray = field(default_factory=lambda: np.zeros((0, REDUCED_DIM), dtype=np.float32))
     seen: int = 0
     """Events with an embedding the reservoir has seen."""
@@ -188,32 +204,15 @@ def aggregate(events: Iterable[DriftEvent]) -> dict[BucketKey, list[DriftEvent]]
 
 
 @dataclass
-class Merged:
+class Merged(Totals):
     """Many buckets' sketches summed, with each bucket's reservoir kept apart for weighted sampling."""
 
-    count: int = 0
-    actions: Counter[str] = field(default_factory=Counter)
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    entities: Counter[str] = field(default_factory=Counter)
-    entity_events: int = 0
-    lengths: np.ndarray = field(default_factory=lambda: np.zeros(LENGTH_BINS, dtype=np.int64))
-    policies: Counter[str] = field(default_factory=Counter)
     parts: list[tuple[np.ndarray, int]] = field(default_factory=list)
     buckets: int = 0
 
     def add(self, s: Sketch) -> None:
         self.buckets += 1
-        self.count += s.count
-        self.actions.update(s.actions)
-        for k, v in s.scores.items():
-            if k in self.scores:
-                self.scores[k] = self.scores[k] + v
-            else:
-                self.scores[k] = v.copy()
-        self.entities.update(s.entities)
-        self.entity_events += s.entity_events
-        self.lengths = self.lengths + s.lengths
-        self.policies.update(s.policies)
+        self.absorb(s)
         if len(s.reservoir):
             self.parts.append((s.reservoir, s.seen))
 
@@ -253,12 +252,3 @@ def merge(sketches: Iterable[Sketch]) -> Merged:
     for s in sketches:
         m.add(s)
     return m
-
-
-def quantile_of_bins(hist: np.ndarray, q: float) -> float:
-    """The score at quantile ``q`` of a score histogram (bin lower edge)."""
-    n = hist.sum()
-    if not n:
-        return math.nan
-    i = int(np.searchsorted(np.cumsum(hist), q * n))
-    return float(score_edge(i))

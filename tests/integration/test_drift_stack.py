@@ -26,21 +26,14 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.drift_traffic import TrafficShape, random_pool, synthetic_events
+from devstack.drift_traffic import SUPPORT_QUESTIONS, TrafficShape, random_pool, synthetic_events
 from devstack.stack import Stack, StackError, start_stack
 from store.db import database, reset_stores
 from store.drift import DriftStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-TEXTS = [
-    "Where is my order? It was supposed to arrive on Monday.",
-    "I want a refund for the kettle I bought last week.",
-    "Can I change the delivery address for my order?",
-    "The desk lamp arrived broken, what should I do?",
-    "How long does shipping to Canada usually take?",
-    "Is the blender back in stock yet?",
-]
+TEXTS = SUPPORT_QUESTIONS
 
 
 class Webhook:
@@ -117,21 +110,25 @@ def _acknowledged(c: httpx.Client) -> int:
     return int(c.get("/v1/drift/recorder").json()["recorder"]["acknowledged"])
 
 
-def test_a_requested_report_is_built_by_a_worker_as_json_and_html(drift_stack: Stack, tmp_path: Path) -> None:
+def _baseline_of_traffic(c: httpx.Client, st: Stack, name: str, *, batches: int) -> dict[str, str]:
+    """Moderate ``batches`` x 6 support questions, wait until stored, name this hour's traffic ``name``."""
     now = dt.datetime.now(dt.UTC)
     window = {
         "from": (now - dt.timedelta(hours=1)).isoformat(),
         "to": (now + dt.timedelta(hours=1)).isoformat(),
     }
+    before = _acknowledged(c)
+    for _ in range(batches):
+        assert c.post("/v1/moderate/batch", json={"texts": TEXTS, "policy": "default"}).status_code == 200
+    _until("the events acknowledged", lambda: _acknowledged(c) >= before + batches * len(TEXTS), st)
+    r = c.post("/v1/drift/baselines", json={"name": name, "policy": "default", **window})
+    assert r.status_code == 201, r.text
+    return window
+
+
+def test_a_requested_report_is_built_by_a_worker_as_json_and_html(drift_stack: Stack, tmp_path: Path) -> None:
     with drift_stack.client() as c:
-        before = _acknowledged(c)
-        for _ in range(20):
-            assert c.post("/v1/moderate/batch", json={"texts": TEXTS, "policy": "default"}).status_code == 200
-        _until("120 events acknowledged", lambda: _acknowledged(c) >= before + 120, drift_stack)
-        assert (
-            c.post("/v1/drift/baselines", json={"name": "today", "policy": "default", **window}).status_code
-            == 201
-        )
+        window = _baseline_of_traffic(c, drift_stack, "today", batches=20)
 
         r = c.post(
             "/v1/drift/reports", json={"policy": "default", "baseline": {"name": "today"}, "window": window}
@@ -176,17 +173,8 @@ def test_a_requested_report_is_built_by_a_worker_as_json_and_html(drift_stack: S
 
 
 def test_generation_results_carry_drift(drift_stack: Stack) -> None:
-    now = dt.datetime.now(dt.UTC)
-    window = {
-        "from": (now - dt.timedelta(hours=1)).isoformat(),
-        "to": (now + dt.timedelta(hours=1)).isoformat(),
-    }
     with drift_stack.client() as c:
-        before = _acknowledged(c)
-        for _ in range(3):
-            assert c.post("/v1/moderate/batch", json={"texts": TEXTS, "policy": "default"}).status_code == 200
-        _until("events acknowledged", lambda: _acknowledged(c) >= before + 18, drift_stack)
-        c.post("/v1/drift/baselines", json={"name": "gen", "policy": "default", **window})
+        _baseline_of_traffic(c, drift_stack, "gen", batches=3)
         r = c.post(
             "/v1/generations",
             params={"wait": 120},

@@ -5,14 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-TEXTS = [
-    "Where is my order? It was supposed to arrive on Monday.",
-    "I want a refund for the kettle I bought last week.",
-    "Can I change the delivery address for my order?",
-    "The desk lamp arrived broken, what should I do?",
-    "How long does shipping to Canada usually take?",
-    "Is the blender back in stock yet?",
-]
+from devstack.drift_traffic import SUPPORT_QUESTIONS
+
+TEXTS = SUPPORT_QUESTIONS
 
 
 def _now() -> dt.datetime:
