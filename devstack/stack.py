@@ -46,8 +46,6 @@ class Stack:
         self, name: str, concurrency: int = 8, *, supervised: bool = False
     ) -> subprocess.Popen[bytes]:
         """A worker process; ``supervised``: under ``workers.supervise``, which restarts it when it exits."""
-        log = Path(self.env["ASSAY_DATA_DIR"]) / f"worker-{name}.log"
-        self.logs.append(log)
         command = worker_command(
             [self.queue],
             concurrency=concurrency,
@@ -56,25 +54,23 @@ class Stack:
         )
         if supervised:
             command = [sys.executable, "-m", "workers.supervise", "--name", name, "--", *command]
-        proc = subprocess.Popen(
-            command,
-            env=self.env,
-            cwd=ROOT,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        proc = self._spawn(command, f"worker-{name}.log")
         self.workers.append(proc)
         return proc
 
     def start_beat(self) -> subprocess.Popen[bytes]:
         """Celery beat: the periodic job and audit sweeps for this stack's queue."""
-        data = Path(self.env["ASSAY_DATA_DIR"])
-        log = data / "beat.log"
-        self.logs.append(log)
-        self.beat = subprocess.Popen(
-            beat_command(str(data / "beat-schedule")),
+        schedule = Path(self.env["ASSAY_DATA_DIR"]) / "beat-schedule"
+        self.beat = self._spawn(beat_command(str(schedule)), "beat.log")
+        return self.beat
+
+    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        """One process of the stack in its own session, its output appended to ``log_name``."""
+        log = Path(self.env["ASSAY_DATA_DIR"]) / log_name
+        if log not in self.logs:
+            self.logs.append(log)
+        return subprocess.Popen(
+            command,
             env=self.env,
             cwd=ROOT,
             stdout=log.open("ab"),
@@ -82,22 +78,10 @@ class Stack:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        return self.beat
 
     def start_api(self, timeout: float = 120.0) -> None:
         """Start the API process and wait until it is ready; ``StackError`` with the logs when it is not."""
-        api_log = Path(self.env["ASSAY_DATA_DIR"]) / "api.log"
-        if api_log not in self.logs:
-            self.logs.append(api_log)
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=api_log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        self.api = self._spawn([sys.executable, "-m", "service.cli", "serve"], "api.log")
         deadline = time.monotonic() + timeout
         with self.client(timeout=5) as c:
             while True:
