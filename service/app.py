@@ -37,7 +37,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         # Model loading is blocking work: keep it off the event loop.
         state = await asyncio.to_thread(AppState.create, settings)
         app.state.assay = state
-        install_metrics(state.worker_settings, settings.store_wait_s)
+        install_metrics(state.worker_settings, settings.store_wait_s, drift=lambda: state.drift)
         state.start_embedded_worker()
         state.ready = True
         try:

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from evaluators.contracts import Status
 from evaluators.logs import accept_request_id, request_id
 from store.jobs import job_store
-from workers.metrics import SECONDS, install_process_metrics
+from workers.metrics import SECONDS, DriftSource, install_process_metrics
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("assay.access")
@@ -132,10 +132,10 @@ _collector = BackendCollector()
 _registered = False
 
 
-def install_metrics(settings: WorkerSettings, store_wait_s: float) -> None:
+def install_metrics(settings: WorkerSettings, store_wait_s: float, drift: DriftSource) -> None:
     """Register the API's collectors once per process; the latest app's settings are the ones read."""
     global _registered
-    install_process_metrics()
+    install_process_metrics(drift=drift)
     _collector.settings = settings
     _collector.store_wait_s = store_wait_s
     if not _registered:

@@ -82,6 +82,13 @@ def drift_runtime() -> DriftRuntime:
     return shared_model(_runtime_key(settings), lambda: build_runtime(settings))
 
 
+def built_runtime() -> DriftRuntime | None:
+    """This process's drift runtime if something built it already, else None (never builds one)."""
+    if _runtime_key(worker_settings()) in registry().loaded_keys():
+        return drift_runtime()
+    return None
+
+
 def close_runtime() -> None:
     """Write what the process's recorder holds (at worker shutdown); nothing when it was never built."""
     if _runtime_key(worker_settings()) in registry().loaded_keys():

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from evaluators.drift.runtime import DriftRuntime
 from evaluators.models import registry
 from evaluators.telemetry import on_batch_size, on_check_timing
 
@@ -60,16 +61,34 @@ def _observe_batch(policy: str, stage: str, size: int) -> None:
     CHECK_BATCH.labels(policy, stage).observe(size)
 
 
-class _ProcessCollector(Collector):
-    """Scrape-time figures: model load times from the registry, GPU memory where CUDA runs."""
+DriftSource = Callable[[], DriftRuntime | None]
+"""This process's drift runtime, or None when it has none (it is never built just to be measured)."""
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+
+class _ProcessCollector(Collector):
+    """Scrape-time figures: model load times, drift events by outcome, GPU memory where CUDA runs."""
+
+    def __init__(self) -> None:
+        self.drift: DriftSource = lambda: None
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         loads = GaugeMetricFamily(
             "assay_model_load_seconds", "Seconds each model (registry key) took to load.", labels=["model"]
         )
         for key, seconds in sorted(registry().load_seconds().items()):
             loads.add_metric([key], seconds)
         yield loads
+        runtime = self.drift()
+        if runtime is not None and runtime.recorder is not None:
+            stats = runtime.recorder.stats()
+            events = CounterMetricFamily(
+                "assay_drift_events",
+                "Drift events of this process: recorded, acknowledged (durable), dropped, failed.",
+                labels=["outcome"],
+            )
+            for outcome in ("recorded", "acknowledged", "dropped", "failed"):
+                events.add_metric([outcome], float(getattr(stats, outcome)))
+            yield events
         torch = sys.modules.get("torch")  # never imported just to be measured
         if torch is not None and torch.cuda.is_available():
             gpu = GaugeMetricFamily(
@@ -86,23 +105,31 @@ class _ProcessCollector(Collector):
 
 _installed = False
 _install_lock = threading.Lock()
+_collector = _ProcessCollector()
 
 
-def install_process_metrics() -> None:
-    """Subscribe the check histograms and register the scrape-time collector, once per process."""
+def install_process_metrics(drift: DriftSource | None = None) -> None:
+    """Subscribe the check histograms and register the scrape-time collector, once per process.
+
+    ``drift`` says where this process's drift recorder is (the latest caller's is read).
+    """
     global _installed
     with _install_lock:
+        if drift is not None:
+            _collector.drift = drift
         if _installed:
             return
         on_check_timing(_observe_check)
         on_batch_size(_observe_batch)
-        REGISTRY.register(_ProcessCollector())
+        REGISTRY.register(_collector)
         _installed = True
 
 
 def serve_worker_metrics(port: int) -> None:
     """Serve this process's metrics on ``port`` (``/metrics``) from a daemon thread; 0 serves none."""
-    install_process_metrics()
+    from workers.drift import built_runtime
+
+    install_process_metrics(drift=built_runtime)
     if port:
         start_http_server(port)
         log.info("metrics served on port %d", port)
