@@ -67,17 +67,24 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def retry_after(status: int, extra: dict[str, Any]) -> dict[str, str] | None:
+    """The Retry-After header of a 429 or 503 (and ``extra["retry_after_s"]`` set to match), else None.
+
+    Overload and outages are temporary: say when to come back (RFC 9110, seconds).
+    """
+    if status not in (429, 503):
+        return None
+    seconds = max(1, math.ceil(float(extra.get("retry_after_s") or DEFAULT_RETRY_AFTER_S)))
+    extra["retry_after_s"] = seconds
+    return {"Retry-After": str(seconds)}
+
+
 def assay_error_handler(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[dict[str, Any]]:
     status = status_for(exc)
     extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, E.FileValidationError):
         extra["errors"] = exc.as_dicts()
-    headers = None
-    if status in (429, 503):
-        # Overload and outages are temporary: say when to come back (RFC 9110 Retry-After, seconds).
-        retry_after = max(1, math.ceil(float(extra.get("retry_after_s") or DEFAULT_RETRY_AFTER_S)))
-        extra["retry_after_s"] = retry_after
-        headers = {"Retry-After": str(retry_after)}
+    headers = retry_after(status, extra)
     return problem(status, exc.title, exc.detail, exc.code, request.url.path, headers, **extra)
 
 

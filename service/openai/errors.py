@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from evaluators import errors as E
 from service.openai.schema import ErrorBody, ErrorResponse
-from service.problems import status_for
+from service.problems import retry_after, status_for
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,15 @@ def error_type(status: int) -> str:
 
 
 def openai_error(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     body = ErrorResponse(error=ErrorBody(message=message, type=error_type(status), param=param, code=code))
-    return Response(body.model_dump(), status_code=status)
+    return Response(body.model_dump(), status_code=status, headers=headers)
 
 
 def assay_error(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[dict[str, Any]]:
@@ -42,7 +47,10 @@ def assay_error(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[
         status = 400
     param = exc.extra.get("param") or exc.extra.get("field")
     code = exc.extra.get("code") or exc.code
-    return openai_error(status, exc.detail, param=str(param) if param else None, code=str(code))
+    headers = retry_after(status, dict(exc.extra))
+    return openai_error(
+        status, exc.detail, param=str(param) if param else None, code=str(code), headers=headers
+    )
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

@@ -122,3 +122,14 @@ def test_moderations_policy_from_the_header_and_stage(api_client: Any) -> None:
     assert body["assay"]["policy"]["name"] == "strict" and body["model"] == "assay@strict"
     bad = api_client.post("/v1/moderations", json={"input": "x"}, headers={"X-Assay-Stage": "middle"})
     assert _openai_error(bad, 400)["param"] == "X-Assay-Stage"
+
+
+def test_overload_in_openai_shape_says_when_to_retry() -> None:
+    # The handler ignores the request: it maps the error alone.
+    from evaluators.errors import Overloaded
+    from service.openai.errors import assay_error
+
+    response = assay_error(None, Overloaded("the queue is full", retry_after_s=7))  # type: ignore[arg-type]
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    assert response.content["error"]["type"] != "invalid_request_error"
