@@ -6,7 +6,8 @@ recognizer test with the entity types that test looked for, how many results
 it expected and, mostly, their positions. Negative rows (expected_len 0) are
 texts that must not be flagged, such as IDs with a bad checksum.
 
-Two runs of the real ``PiiCheck`` (spaCy en_core_web_sm + Presidio):
+Two runs of the real ``PiiCheck`` with its default engines (Presidio on spaCy
+en_core_web_sm, the trained ner-minilm tagger for names, places and organisations):
 
 * scoped: each row is checked with a config holding only the entity types its
   test looked for, as Presidio's test did. Precision, recall and F1 per type.

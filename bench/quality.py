@@ -9,7 +9,8 @@ Every figure is on data the check's models never trained on:
   Old engine: alt-profanity-check, the only tier the shipped policies ran before.
   New: the trained ``abuse-minilm`` Detoxify checkpoint, fp32 and int8.
 * hallucination: ``bench/entailment.py`` (held-out BEGIN / WiCE / MNLI / FEVER splits).
-* PII: ``bench/pii_quality.py`` (NER-derived set, Presidio's tables, name recall by group).
+* PII: ``bench/pii_quality.py`` (NER-derived set, Presidio's tables, name recall by group; the
+  candidate engines side by side, the shipped default among them).
 
 Scores go through the production path (``ToxicityCheck`` with normalisation and
 batching). Thresholds are the shipped ``default`` policy's.

@@ -15,7 +15,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -131,13 +131,15 @@ class PiiConfig(CheckConfigBase):
             "a folder. null: the spaCy model alone finds them. A missing model stops startup."
         ),
     )
-    spacy_names: bool = Field(
-        default=True,
+    spacy_names: Literal["confirmed", "all", "none"] = Field(
+        default="confirmed",
         description=(
-            "With ner_model set, also report the spaCy model's PERSON, LOCATION and "
-            "ORGANIZATION entities: more recall, less precision, and an even recall of names "
-            "across origins (bench/pii_quality.py). false: the trained tagger alone (higher "
-            "span F1 on informal text). Without ner_model spaCy always finds them."
+            "With ner_model set, what the spaCy model's PERSON and LOCATION entities add to the "
+            "trained tagger's. confirmed: those the tagger gives some probability of that type, "
+            "without edge words it rejects (highest span F1, even recall of names across "
+            "origins; bench/pii_quality.py). all: every spaCy PERSON, LOCATION and ORGANIZATION "
+            "entity as well (more recall, much less precision). none: the tagger alone (true "
+            "and false are accepted for all and none). Without ner_model spaCy always finds them."
         ),
     )
     deny_list: dict[str, tuple[str, ...]] = Field(
@@ -162,6 +164,14 @@ class PiiConfig(CheckConfigBase):
     def _known_entities(cls, entities: dict[str, PiiEntityRule]) -> dict[str, PiiEntityRule]:
         _check_entity_names(entities)
         return entities
+
+    @field_validator("spacy_names", mode="before")
+    @classmethod
+    def _spacy_names_bool(cls, value: Any) -> Any:
+        # Before "confirmed" existed this was a boolean: true was "all", false "none".
+        if isinstance(value, bool):
+            return "all" if value else "none"
+        return value
 
     @field_validator("allow_list")
     @classmethod
@@ -282,9 +292,7 @@ class PiiCheck(CheckBase):
             f"spacy:{cfg.spacy_model}:{cfg.language}",
             lambda: build_nlp_engine(cfg.spacy_model, cfg.language),
         )
-        digest = hashlib.sha256(
-            json.dumps([[s.class_name, s.entities, s.extra_context, s.terms] for s in specs]).encode()
-        ).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps([astuple(s) for s in specs]).encode()).hexdigest()[:12]
         key = f"presidio:{cfg.spacy_model}:{ner_folder}:{cfg.language}:{cfg.recognizers}:{digest}"
         self._analyzer = shared_model(key, lambda: build_analyzer(nlp_engine, specs, cfg.language, tagger))
 

@@ -198,15 +198,19 @@ class RecognizerSpec:
     extra_context: tuple[str, ...]
     terms: tuple[str, ...] = ()
     """Deny-list terms (the deny-list recognizer only)."""
+    confirm: bool = False
+    """The trained tagger's recognizer only: spaCy's entities join where the tagger agrees
+    (``spacy_names: confirmed``)."""
 
 
 def entity_recognizers(entity: str, config: PiiConfig) -> tuple[str, ...]:
     """Recognizer class names that find ``entity`` under ``config``."""
     classes = [*RECOGNIZER_CLASSES.get(entity, ()), *CUSTOM_RECOGNIZER_CLASSES.get(entity, ())]
     if entity in NER_ENTITIES and config.ner_model is not None:
-        # The trained tagger replaces spaCy for names, places and organisations unless
-        # spacy_names asks for both.
-        classes = [NER_RECOGNIZER] + ([_NER_RECOGNIZER] if config.spacy_names else [])
+        # The trained tagger replaces spaCy's recognizer for names, places and organisations
+        # (spaCy's entities still reach it with spacy_names: confirmed) unless spacy_names: all
+        # asks for both side by side.
+        classes = [NER_RECOGNIZER] + ([_NER_RECOGNIZER] if config.spacy_names == "all" else [])
     return (*classes, *EXTRA_RECOGNIZER_CLASSES.get(entity, ()))
 
 
@@ -220,8 +224,10 @@ def recognizer_specs(config: PiiConfig) -> tuple[RecognizerSpec, ...]:
             # The spaCy recognizer serves several entity types; one instance per
             # type lets each carry its own context words.
             specs[(class_name, (entity,))] = context
+    confirm = config.spacy_names == "confirmed"
     out = [
-        RecognizerSpec(class_name=c, entities=e, extra_context=ctx) for (c, e), ctx in sorted(specs.items())
+        RecognizerSpec(class_name=c, entities=e, extra_context=ctx, confirm=confirm and c == NER_RECOGNIZER)
+        for (c, e), ctx in sorted(specs.items())
     ]
     for entity, terms in sorted(config.deny_list.items()):
         out.append(RecognizerSpec(DENY_LIST_RECOGNIZER, (entity,), (), tuple(terms)))
@@ -353,13 +359,18 @@ def build_analyzer(
     from evaluators.checks import pii_recognizers
 
     recognizers = []
+    # One tagging pass per batch, shared by the tagger's recognizers (one per entity type).
+    tagged = pii_recognizers.TaggedBatch(pii_recognizers.word_probabilities(tagger))
     for spec in specs:
         if spec.class_name == DENY_LIST_RECOGNIZER:
             recognizers.append(pii_recognizers.deny_list_recognizer(spec.entities[0], spec.terms, language))
             continue
         if spec.class_name == NER_RECOGNIZER:
             context = [*pii_recognizers.NER_CONTEXT.get(spec.entities[0], ()), *spec.extra_context]
-            recognizers.append(pii_recognizers.make_ner_recognizer(tagger, spec.entities, language, context))
+            confirm = pii_recognizers.CONFIRM if spec.confirm else None
+            recognizers.append(
+                pii_recognizers.make_ner_recognizer(tagged, spec.entities, language, context, confirm)
+            )
             continue
         cls = getattr(predefined, spec.class_name, None) or getattr(pii_recognizers, spec.class_name)
         if spec.class_name == _NER_RECOGNIZER:

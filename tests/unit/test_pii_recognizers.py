@@ -21,13 +21,18 @@ from evaluators.checks.pii_engine import (
     resolve_ner_folder,
 )
 from evaluators.checks.pii_recognizers import (
+    CONFIRM,
     CompanySuffixRecognizer,
+    SpacyConfirm,
     StreetAddressRecognizer,
+    TaggedBatch,
     TitledNameRecognizer,
     ZipCodeRecognizer,
     make_ner_recognizer,
     merge_adjacent,
+    ner_spans,
     split_words,
+    trim_span,
 )
 from evaluators.errors import ModelMissingError
 from evaluators.findings import Finding
@@ -116,7 +121,7 @@ def test_assay_entity_types_are_accepted_and_listed() -> None:
         ({"deny_list": {"PERSON": []}}, "give at least one term"),
         ({"deny_list": {"PERSN": ["x"]}}, "did you mean PERSON"),
         ({"ner_model": ""}, "at least 1 character"),
-        ({"spacy_names": "maybe"}, "valid boolean"),
+        ({"spacy_names": "maybe"}, "'confirmed', 'all' or 'none'"),
     ],
 )
 def test_invalid_new_fields_are_rejected(data: dict[str, Any], message: str) -> None:
@@ -128,7 +133,12 @@ def test_new_fields_are_described_and_default() -> None:
     for name in ("ner_model", "spacy_names", "deny_list"):
         assert PiiConfig.model_fields[name].description, name
     cfg = config({"PERSON": {}})
-    assert (cfg.ner_model, cfg.spacy_names, cfg.deny_list) == ("ner-minilm", True, {})
+    assert (cfg.ner_model, cfg.spacy_names, cfg.deny_list) == ("ner-minilm", "confirmed", {})
+
+
+def test_spacy_names_still_takes_the_old_booleans() -> None:
+    assert config({"PERSON": {}}, spacy_names=True).spacy_names == "all"
+    assert config({"PERSON": {}}, spacy_names=False).spacy_names == "none"
 
 
 def _classes(cfg: PiiConfig) -> dict[str, set[str]]:
@@ -145,7 +155,11 @@ def test_recognizers_per_engine_choice() -> None:
     assert trained["LOCATION"] == {"MiniLmNerRecognizer"}
     assert trained["ORGANIZATION"] == {"MiniLmNerRecognizer", "CompanySuffixRecognizer"}
     assert "SpacyRecognizer" in trained["DATE_TIME"]  # dates still come from spaCy
-    both = _classes(config(entities))  # the default: tagger and spaCy together
+    assert trained == _classes(config(entities))  # the default: spaCy's names reach the tagger
+    assert not any(s.confirm for s in recognizer_specs(config(entities, spacy_names="none")))
+    confirming = {s.entities[0] for s in recognizer_specs(config(entities)) if s.confirm}
+    assert confirming == {"PERSON", "LOCATION", "ORGANIZATION"}
+    both = _classes(config(entities, spacy_names="all"))  # tagger and spaCy side by side
     assert both["LOCATION"] == {"MiniLmNerRecognizer", "SpacyRecognizer"}
     spacy_only = _classes(config(entities, ner_model=None))
     assert spacy_only["PERSON"] == {"SpacyRecognizer", "TitledNameRecognizer"}
@@ -231,16 +245,27 @@ def test_split_words_keeps_handles_hashtags_urls_whole() -> None:
     assert words == ["Hi", "@ana_b", ",", "see", "#NYC", "at", "https://x.co/a?b=1", "isn't", "it"]
 
 
-class _FakeTagger:
-    """Tags every capitalised word after the first as a one-word PERSON."""
+def _probs(tags: list[tuple[str, float]]) -> Any:
+    """Probability rows: each word's label gets its probability, O the rest."""
+    import torch
+
+    probs = torch.zeros((len(tags), len(LABELS)))
+    for i, (name, p) in enumerate(tags):
+        probs[i, LABELS.index(name)] += p
+        probs[i, 0] += 1.0 - p
+    return probs
+
+
+class _FakeProbabilities:
+    """Every capitalised word after the first is a one-word PERSON at 0.8."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def tag(self, sentences: list[list[str]]) -> list[list[Entity]]:
+    def __call__(self, sentences: list[list[str]]) -> list[Any]:
         self.calls.append(len(sentences))
         return [
-            [Entity("PERSON", i, i + 1, 0.8) for i, w in enumerate(ws) if i and w[:1].isupper()]
+            _probs([("B-PERSON" if i and w[:1].isupper() else "O", 0.8) for i, w in enumerate(ws)])
             for ws in sentences
         ]
 
@@ -261,17 +286,87 @@ def test_adjacent_same_type_entities_are_joined() -> None:
 
 
 def test_ner_recognizer_maps_words_to_characters_and_batches() -> None:
-    tagger = _FakeTagger()
-    rec = make_ner_recognizer(tagger, ["PERSON"], "en", ["name"])
+    tagger = _FakeProbabilities()
+    batch = TaggedBatch(tagger)
+    rec = make_ner_recognizer(batch, ["PERSON"], "en", ["name"])
+    places = make_ner_recognizer(batch, ["LOCATION"], "en", [])
     texts = ["hello,  Ana and Bo!", "no names here"]
-    rec.prepare(texts)
+    for r in (rec, places):
+        r.prepare(texts)
     results = rec.analyze(texts[0], ["PERSON"])
     assert [(texts[0][r.start : r.end], r.score) for r in results] == [("Ana", 0.8), ("Bo", 0.8)]
     assert rec.analyze(texts[1], ["PERSON"]) == []
-    assert tagger.calls == [2]  # one tagging pass for the batch
+    assert places.analyze(texts[0], ["LOCATION"]) == []
+    assert tagger.calls == [2]  # one tagging pass for the batch, shared by both types
     rec.release()
-    assert rec.analyze("meet Cy", ["LOCATION"]) == []  # not asked for
+    places.release()
+    assert rec.analyze("meet Cy", ["LOCATION"]) == []  # not asked for: not even tagged
+    assert [(r.start, r.end) for r in rec.analyze("meet Cy", ["PERSON"])] == [(5, 7)]
     assert tagger.calls == [2, 1]
+
+
+def _spans(text: str, tags: list[tuple[str, float]], spacy: list[tuple[str, str]], **kw: Any) -> list[Any]:
+    """``ner_spans`` on ``text`` with the tagger's ``tags`` per word and spaCy's (label, words)."""
+    words = split_words(text)
+    assert len(words) == len(tags)
+    found = [(label, text.index(span), text.index(span) + len(span)) for label, span in spacy]
+    got = ner_spans(text, words, _probs(tags), found, kw.get("confirm", CONFIRM))
+    return [(label, text[s:e], round(score, 2), confirmed) for label, s, e, score, confirmed in got]
+
+
+def test_confirmed_spacy_span_drops_the_words_the_tagger_rejects() -> None:
+    # spaCy reads "Call Jane Doe" as a name; the tagger puts "Call" in no entity at all and
+    # splits the name ("Jane" PERSON, "Doe" LOCATION). The sentence-initial verb is not
+    # redacted, and the name is one PERSON.
+    text = "Call Jane Doe at 5"
+    tags = [("O", 1.0), ("B-PERSON", 0.99), ("I-LOCATION", 0.6), ("O", 1.0), ("O", 1.0)]
+    spacy = [("PERSON", "Call Jane Doe")]
+    assert _spans(text, tags, spacy) == [("PERSON", "Jane Doe", 0.99, True)]
+    assert _spans(text, tags, spacy, confirm=None) == [
+        ("PERSON", "Jane", 0.99, False),
+        ("LOCATION", "Doe", 0.6, False),
+    ]
+
+
+def test_a_sentence_initial_word_joins_only_when_the_tagger_tags_it() -> None:
+    # "Meet" gets some entity probability (0.3, over the floor) but the tagger's choice is O.
+    text = "Meet Ahmed Khan. Then Will Smith"
+    tags = [("B-PERSON", 0.3), ("B-PERSON", 0.99), ("I-PERSON", 0.99), ("O", 1.0)]
+    tags += [("O", 1.0), ("B-PERSON", 0.9), ("I-PERSON", 0.9)]
+    spacy = [("PERSON", "Meet Ahmed Khan"), ("PERSON", "Will Smith")]
+    assert _spans(text, tags, spacy) == [
+        ("PERSON", "Ahmed Khan", 0.99, True),
+        ("PERSON", "Will Smith", 0.9, True),  # tagged by the tagger: kept whole
+    ]
+
+
+def test_spacy_spans_need_the_taggers_support() -> None:
+    text = "Mikio Hasemoto met Bob in Reno"
+    tags = [("B-PERSON", 0.9), ("I-PERSON", 0.35), ("O", 1.0), ("I-PERSON", 0.05), ("O", 1.0)]
+    tags += [("B-ORGANIZATION", 0.6)]
+    spacy = [("PERSON", "Mikio Hasemoto"), ("PERSON", "Bob"), ("LOCATION", "Reno")]
+    # "Hasemoto" is O for the tagger but 0.35 PERSON: spaCy's span grows "Mikio" to the full
+    # name. "Bob" has 0.05 PERSON (under the gate): dropped. "Reno" has no LOCATION
+    # probability at all: the tagger's ORGANIZATION stays.
+    assert _spans(text, tags, spacy) == [
+        ("PERSON", "Mikio Hasemoto", 0.9, True),
+        ("ORGANIZATION", "Reno", 0.6, False),
+    ]
+    # A spaCy type the rule does not confirm adds nothing.
+    assert _spans(text, tags, [("ORGANIZATION", "Bob")]) == [
+        ("PERSON", "Mikio", 0.9, False),
+        ("ORGANIZATION", "Reno", 0.6, False),
+    ]
+    # Another type's span that spaCy's confirmed one overlaps gives way to it.
+    wide = SpacyConfirm(gates=(("LOCATION", 0.0),), floor=0.0)
+    assert _spans(text, tags, [("LOCATION", "Reno")], confirm=wide)[-1] == ("LOCATION", "Reno", 0.85, True)
+
+
+def test_trim_span_keeps_a_hashtag_whole() -> None:
+    text = "at #London, (#) and #"
+    assert trim_span(text, 3, 11) == (3, 10)  # "#London," -> "#London"
+    assert trim_span(text, 12, 15) == (15, 15)  # "(#)": nothing left
+    assert trim_span(text, 20, 21) == (21, 21)
 
 
 def test_trained_tagger_finds_names_and_places() -> None:
