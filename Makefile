@@ -42,7 +42,7 @@ test: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check service evaluators workers store
+	$(BIN)/ruff format --check service evaluators workers store assay
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
