@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from evaluators.audit.charts import Tick
 from evaluators.audit.record import code_version
 from evaluators.audit.render import TEMPLATES as AUDIT_TEMPLATES
 from evaluators.contracts.drift import DriftReport, SignalResult, Statistic
@@ -59,19 +60,11 @@ class Bar:
 
 
 @dataclass(frozen=True)
-class Label:
-    x: float
-    y: float
-    text: str
-    anchor: str = "middle"
-
-
-@dataclass(frozen=True)
 class Chart:
     width: int
     height: int
     bars: list[Bar]
-    labels: list[Label]
+    labels: list[Tick]
     points: list[tuple[float, float, str]]
     axis: tuple[float, float, float, float] | None
     caption: str
@@ -104,8 +97,8 @@ def _bins_chart(chart: dict[str, Any], unit: str) -> Chart:
                 )
             )
     n = len(edges) - 1
-    labels = [Label(_r(left + k * plot_w / n), height - 8, f"{edges[k]:g}") for k in (0, n // 2, n)]
-    labels += [Label(left - 4, top + 9, f"{peak:.0%}", "end"), Label(left - 4, top + plot_h, "0", "end")]
+    labels = [Tick(_r(left + k * plot_w / n), height - 8, f"{edges[k]:g}") for k in (0, n // 2, n)]
+    labels += [Tick(left - 4, top + 9, f"{peak:.0%}", "end"), Tick(left - 4, top + plot_h, "0", "end")]
     return Chart(width, height, bars, labels, [], (left, top, plot_w, plot_h), "")
 
 
@@ -117,10 +110,10 @@ def _mix_chart(chart: dict[str, Any]) -> Chart:
     bars, labels = [], []
     for i, (k, b, c) in enumerate(zip(cats, base, cur, strict=True)):
         y = top + i * row_h
-        labels.append(Label(label_w - 6, y + 15, k if len(k) <= 20 else k[:19] + "…", "end"))
+        labels.append(Tick(label_w - 6, y + 15, k if len(k) <= 20 else k[:19] + "…", "end"))
         bars.append(Bar(label_w, y + 3, _r(max(bar_w * b / peak, 0.5)), 7, BASE, f"baseline {k}: {b:.1%}"))
         bars.append(Bar(label_w, y + 11, _r(max(bar_w * c / peak, 0.5)), 7, WINDOW, f"window {k}: {c:.1%}"))
-        labels.append(Label(label_w + bar_w + 6, y + 15, f"{b:.0%} → {c:.0%}", "start"))
+        labels.append(Tick(label_w + bar_w + 6, y + 15, f"{b:.0%} → {c:.0%}", "start"))
     return Chart(width, height, bars, labels, [], None, "")
 
 
