@@ -23,7 +23,7 @@ from evaluators.drift.config import DriftPolicy
 from evaluators.errors import InputError, LimitExceeded, Location, PolicyError, PolicyNotFound, Problem
 from evaluators.findings import Action
 from evaluators.registry import check_config_union
-from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
+from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml, read_text
 
 if TYPE_CHECKING:
     CheckConfig = Any
@@ -375,9 +375,10 @@ def _message(err: Any) -> str:
 
 def load_policy_file(path: Path) -> LoadedPolicy:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError([Problem(Location(str(path)), f"cannot read: {exc.strerror}")]) from None
+        # Bounded and UTF-8-checked: a policy file may come from someone else.
+        text = read_text(path)
+    except YamlProblem as exc:
+        raise PolicyError([exc.problem]) from None
     return parse_policy(text, str(path))
 
 

@@ -26,7 +26,7 @@ from evaluators.contracts import GROUP_PLACEHOLDER, AuditItem, ChatMessage, work
 from evaluators.errors import FileValidationError, InputError, Location, NotFound, Problem
 from evaluators.fairness import DEFAULT_GROUPS
 from evaluators.settings import PROJECT_ROOT
-from evaluators.yamlsource import SourceMap, YamlProblem, load_yaml
+from evaluators.yamlsource import SourceMap, YamlProblem, json_line, load_yaml, read_text
 
 # Suites that ship with Assay; the API and the CLI take them by name.
 SHIPPED_SUITES = PROJECT_ROOT / "suites"
@@ -379,9 +379,12 @@ def parse_suite_jsonl(text: str, file: str, name: str, path: Path | None = None)
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json_line(line)
         except json.JSONDecodeError as exc:
             problems.append(Problem(Location(file, lineno, exc.colno), f"invalid JSON: {exc.msg}"))
+            continue
+        except ValueError as exc:  # a value json_line refuses
+            problems.append(Problem(Location(file, lineno, 1), f"invalid JSON: {exc}"))
             continue
         if not isinstance(obj, dict):
             problems.append(Problem(Location(file, lineno, 1), "each line must be a JSON object (one item)"))
@@ -428,11 +431,10 @@ def load_suite_file(path: Path | str) -> LoadedSuite:
     """Load a ``.yaml``/``.yml`` suite, or a ``.jsonl`` one (named after the file stem)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SuiteError([Problem(Location(str(path)), f"cannot read: {exc.strerror}")]) from None
-    except UnicodeDecodeError as exc:
-        raise SuiteError([Problem(Location(str(path)), f"not UTF-8 text: {exc.reason}")]) from None
+        # Bounded and UTF-8-checked: a suite file may come from someone else.
+        text = read_text(path)
+    except YamlProblem as exc:
+        raise SuiteError([exc.problem]) from None
     if path.suffix.lower() == ".jsonl":
         return parse_suite_jsonl(text, str(path), path.stem, path)
     return parse_suite_yaml(text, str(path), path)

@@ -272,12 +272,13 @@ def resolve_lexicon(value: str) -> Path:
 
 def read_lexicon_file(path: Path) -> tuple[Terms, list[str]]:
     """The dimensions and swap-only terms of a lexicon file; ``ModelMissingError`` if malformed."""
-    import yaml
+    from evaluators.yamlsource import YamlProblem, load_yaml, read_text
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise _lexicon_missing(f"cannot read identity-term lexicon {path}: {exc}") from exc
+        # The hardened loader: a policy may point at any lexicon file.
+        data, _ = load_yaml(read_text(path), str(path))
+    except YamlProblem as exc:
+        raise _lexicon_missing(f"cannot read identity-term lexicon: {exc.problem}") from exc
     dims = data.get("dimensions") if isinstance(data, dict) else None
     shape = "dimensions: {dimension: {subgroup: [terms]}}"
     if not isinstance(dims, dict) or not dims:

@@ -18,7 +18,8 @@ OnError = Literal["block", "flag", "allow"]
 class Strict(BaseModel):
     """Base for policy models: unknown keys are errors and values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities or NaN: "1e999" or "inf" in a file would slip past unbounded float fields.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LabelRule(Strict):
