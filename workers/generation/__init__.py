@@ -11,12 +11,16 @@ Each part usable on its own, each in its own module:
 * ``sampling``: per-row decoding state and the per-row sampler.
 * ``decode``: :class:`Generator`, one batched decode loop in which every row
   keeps its own sampling parameters, so unrelated requests share each forward pass.
+* ``running``: :class:`RunningBatch`, a decode batch that rows join and leave between steps.
 * ``scheduler``: :class:`BatchingGenerator` gathers requests from many threads
   (the Celery threads pool) for a few milliseconds and serves them with one ``generate``.
+* ``continuous``: :class:`ContinuousBatcher`, the same front over per-step
+  scheduling: a request joins the running batch at the next step (the default).
 * ``cache``: :func:`get_generator`, one loaded generator per process and key.
 """
 
 from workers.generation.cache import get_generator
+from workers.generation.continuous import ContinuousBatcher
 from workers.generation.decode import Generator
 from workers.generation.options import (
     DecodeRequest,
@@ -39,6 +43,7 @@ __all__ = [
     "CONVERSION_MARKER",
     "DEFAULT_MODEL_ID",
     "BatchingGenerator",
+    "ContinuousBatcher",
     "DecodeRequest",
     "FinishReason",
     "GenerationOutput",

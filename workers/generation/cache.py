@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evaluators.models import shared_model
+from workers.generation.continuous import ContinuousBatcher
 from workers.generation.decode import Generator
 from workers.generation.options import GeneratorOptions
 from workers.generation.resolve import DEFAULT_MODEL_ID
@@ -23,4 +24,15 @@ def get_generator(
     options = options or GeneratorOptions()
     # Options are a frozen dataclass: its repr names every field, so it keys the cache.
     key = f"generator:{model_id}:{options!r}:{cache_dir}"
-    return shared_model(key, lambda: BatchingGenerator(Generator(model_id, options, cache_dir).load()))
+    return shared_model(key, lambda: front(Generator(model_id, options, cache_dir).load()))
+
+
+def front(generator: Generator) -> BatchingGenerator:
+    """Continuous batching where rows can join a running batch; else batches gathered per call.
+
+    A compiled decode step runs over a static KV cache of fixed shape, which
+    rows cannot join mid-decode; it keeps the gathering front.
+    """
+    if generator.continuous:
+        return ContinuousBatcher(generator)
+    return BatchingGenerator(generator)

@@ -22,6 +22,7 @@ from evaluators.errors import InputError
 from workers.generation.loading import Loaded, forward_last_logits, load_model, prepare
 from workers.generation.options import DecodeRequest, FinishReason, GenerationOutput, GeneratorOptions
 from workers.generation.resolve import DEFAULT_MODEL_ID, ResolvedModel
+from workers.generation.running import RunningBatch
 from workers.generation.sampling import Row, Sampler
 
 if TYPE_CHECKING:
@@ -151,31 +152,79 @@ class Generator:
         with self._generate_lock:
             return self._generate(state, requests)
 
+    def rows_for(self, request: DecodeRequest, index: int = 0) -> tuple[list[Row], int]:
+        """The batch rows of ``request`` (one per sample) and its prompt's token count.
+
+        Raises InputError (with ``request_index=index``) for a prompt the model cannot take.
+        """
+        state = self._state()
+        ids = self.encode(request)
+        if len(ids) >= state.max_context:
+            raise InputError(
+                f"prompt has {len(ids)} tokens; the model's context is {state.max_context}",
+                request_index=index,
+            )
+        budget = min(request.params.max_new_tokens, state.max_context - len(ids))
+        rows = []
+        for k in range(request.num_return_sequences):
+            gen = None
+            if request.params.seed is not None:
+                gen = torch.Generator(device=state.device)
+                gen.manual_seed(request.params.seed + k)
+            # Only the first sample streams; every sample of a cancelled request stops.
+            on_text = request.on_text if k == 0 else None
+            rows.append(
+                Row(
+                    index, k, ids, request.params, budget, gen, ignore_eos=request.ignore_eos,
+                    on_text=on_text, cancel=request.cancel,
+                )
+            )  # fmt: skip
+        return rows, len(ids)
+
+    def output(
+        self, rows: Sequence[Row], prompt_tokens: int, spent_ms: float, peers: int
+    ) -> GenerationOutput:
+        """One request's output from its finished rows."""
+        tokenizer = self._state().tokenizer
+        mine = sorted(rows, key=lambda r: r.sample_index)
+        texts = [r.text(tokenizer) for r in mine]
+        reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
+        return GenerationOutput(
+            text=texts[0],
+            samples=texts,
+            finish_reason=reasons[0],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(len(r.tokens) for r in mine),
+            generate_ms=round(spent_ms, 2),
+            batch_rows=peers,
+            sample_finish_reasons=reasons,
+        )
+
+    @property
+    def continuous(self) -> bool:
+        """Whether rows can join a running batch: a dynamic KV cache without sliding-window layers."""
+        if self._loaded is None:  # not loaded yet: what the options will give
+            return not self.options.compile
+        config = self._loaded.model.config
+        sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+        return self._loaded.decode_step is None and not sliding
+
+    def running_batch(self) -> RunningBatch:
+        """An empty batch over this model, for a scheduler that admits rows between steps."""
+        return RunningBatch(self._state())
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the model runs: a scheduler holds it around each admit and step."""
+        return self._generate_lock
+
     def _generate(self, state: Loaded, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
         rows: list[Row] = []
         prompt_tokens: list[int] = []
         for i, req in enumerate(requests):
-            ids = self.encode(req)
-            if len(ids) >= state.max_context:
-                raise InputError(
-                    f"prompt has {len(ids)} tokens; the model's context is {state.max_context}",
-                    request_index=i,
-                )
-            prompt_tokens.append(len(ids))
-            budget = min(req.params.max_new_tokens, state.max_context - len(ids))
-            for k in range(req.num_return_sequences):
-                gen = None
-                if req.params.seed is not None:
-                    gen = torch.Generator(device=state.device)
-                    gen.manual_seed(req.params.seed + k)
-                # Only the first sample streams; every sample of a cancelled request stops.
-                on_text = req.on_text if k == 0 else None
-                rows.append(
-                    Row(
-                        i, k, ids, req.params, budget, gen, ignore_eos=req.ignore_eos,
-                        on_text=on_text, cancel=req.cancel,
-                    )
-                )  # fmt: skip
+            mine, n = self.rows_for(req, i)
+            rows.extend(mine)
+            prompt_tokens.append(n)
 
         # Similar lengths share a chunk, so chunks carry less left padding.
         order = sorted(range(len(rows)), key=lambda j: len(rows[j].prompt_ids))
@@ -190,37 +239,34 @@ class Generator:
             for req_index in {r.request_index for r in chunk}:
                 spent_ms[req_index] += ms
                 peers[req_index] = max(peers[req_index], len(chunk))
+        return [
+            self.output([r for r in rows if r.request_index == i], prompt_tokens[i], spent_ms[i], peers[i])
+            for i in range(len(requests))
+        ]
 
-        outputs = []
-        for i in range(len(requests)):
-            mine = sorted((r for r in rows if r.request_index == i), key=lambda r: r.sample_index)
-            texts = [r.text(state.tokenizer) for r in mine]
-            reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
-            outputs.append(
-                GenerationOutput(
-                    text=texts[0],
-                    samples=texts,
-                    finish_reason=reasons[0],
-                    prompt_tokens=prompt_tokens[i],
-                    completion_tokens=sum(len(r.tokens) for r in mine),
-                    generate_ms=round(spent_ms[i], 2),
-                    batch_rows=peers[i],
-                    sample_finish_reasons=reasons,
-                )
-            )
-        return outputs
-
-    @torch.inference_mode()
     def _decode(self, rows: list[Row]) -> None:
-        """Run the decode loop for ``rows`` (one chunk), filling their tokens and finish reasons.
-
-        Layout: prompts are left-padded to a common length so every row's next
-        token sits in the last column; the attention mask hides the pads and
-        position ids count real tokens only, so a padded row computes what it
-        would compute alone (up to floating-point effects of the batch shape).
-        """
+        """Decode ``rows`` (one chunk) to the end, filling their tokens and finish reasons."""
         state = self._loaded
         assert state is not None
+        if state.decode_step is not None:
+            self._decode_static(state, rows)
+            return
+        batch = RunningBatch(state, prune=self.options.prune_finished)
+        batch.admit(rows)
+        while len(batch):
+            batch.step()
+
+    @torch.inference_mode()
+    def _decode_static(self, state: Loaded, rows: list[Row]) -> None:
+        """The compiled decode step over a static KV cache: one fixed-shape batch, no pruning.
+
+        Layout as in ``RunningBatch``: left-padded prompts, the mask hides the pads
+        and position ids count real tokens only. A static cache is a fixed
+        [B, heads, capacity, dim] buffer: the mask covers the whole capacity, and
+        future slots stay 0 until written.
+        """
+        from transformers import StaticCache
+
         model, device = state.model, state.device
         width = max(len(r.prompt_ids) for r in rows)
         ids = [[state.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
@@ -228,63 +274,30 @@ class Generator:
         input_ids = torch.tensor(ids, device=device)
         attention = torch.tensor(mask, device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-
-        static = state.decode_step is not None
-        if static:
-            from transformers import StaticCache
-
-            # A static cache is a fixed [B, heads, capacity, dim] buffer: the mask
-            # covers the whole capacity, future slots stay 0 until written.
-            capacity = width + max(r.max_new_tokens for r in rows)
-            capacity = -(-capacity // 64) * 64  # round up: fewer distinct shapes to compile
-            cache: Any = StaticCache(config=model.config, max_cache_len=capacity)
-            full = torch.zeros(len(rows), capacity, dtype=attention.dtype, device=device)
-            full[:, :width] = attention
-            attention = full
-            step = state.decode_step
-        else:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-            step = forward_last_logits
+        capacity = width + max(r.max_new_tokens for r in rows)
+        capacity = -(-capacity // 64) * 64  # round up: fewer distinct shapes to compile
+        cache: Any = StaticCache(config=model.config, max_cache_len=capacity)
+        full = torch.zeros(len(rows), capacity, dtype=attention.dtype, device=device)
+        full[:, :width] = attention
+        attention = full
+        step = state.decode_step
         assert step is not None
 
         sampler = Sampler.build(rows, int(model.config.vocab_size), device)
-        active = list(range(len(rows)))  # row index of each batch position
         done = [False] * len(rows)
-
-        # Prefill: one pass over all prompts; logits only for the last column.
         logits = forward_last_logits(model, state.cache_kwarg, input_ids, attention, positions, cache)
         next_pos = positions[:, -1:] + 1
         length = width  # columns written so far
-
         while True:
             tokens = sampler.next_tokens(logits)
             sampler.observe(tokens)
-            for row_index, token in zip(active, tokens.tolist(), strict=True):
-                if not done[row_index]:  # a done row stays only when this pass does not prune
-                    row = rows[row_index]
-                    done[row_index] = row.cancelled() or row.advance(token, state.eos_ids, state.tokenizer)
+            for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+                if not done[i]:
+                    done[i] = row.cancelled() or row.advance(token, state.eos_ids, state.tokenizer)
                     row.publish(state.tokenizer)
-            if all(done[i] for i in active):
-                break
-
-            finished = [p for p, i in enumerate(active) if done[i]]
-            if finished and self.options.prune_finished and not static:
-                # Shrinking the batch is an index_select per layer on the cache;
-                # it pays off once some rows run much longer than others.
-                keep = [p for p, i in enumerate(active) if not done[i]]
-                idx = torch.tensor(keep, device=device)
-                cache.batch_select_indices(idx)
-                attention, next_pos, tokens = attention[idx], next_pos[idx], tokens[idx]
-                sampler = sampler.select(idx, keep)
-                active = [active[p] for p in keep]
-
-            if static:
-                attention[:, length] = 1  # in place: the compiled step sees one shape
-            else:
-                ones = torch.ones(len(active), 1, dtype=attention.dtype, device=device)
-                attention = torch.cat([attention, ones], dim=-1)
+            if all(done):
+                return
+            attention[:, length] = 1  # in place: the compiled step sees one shape
             logits = step(model, state.cache_kwarg, tokens[:, None], attention, next_pos, cache)
             next_pos = next_pos + 1
             length += 1

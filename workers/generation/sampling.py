@@ -150,6 +150,26 @@ class Sampler:
             generators=[self.generators[j] for j in keep],
         )
 
+    def extend(self, other: Sampler) -> Sampler:
+        """This sampler's rows followed by ``other``'s (rows joining a running batch)."""
+        penalty = seen = None
+        if self.penalty is not None or other.penalty is not None:
+            # A side without a penalty gets 1.0, which leaves its logits as they are.
+            parts = [(x.penalty, x.seen, len(x.generators)) for x in (self, other)]
+            vocab = next(s.shape[1] for _, s, _ in parts if s is not None)
+            device = self.temperature.device
+            penalty = torch.cat([p if p is not None else torch.ones(n, device=device) for p, _, n in parts])
+            blank = [torch.zeros(n, vocab, dtype=torch.bool, device=device) for _, _, n in parts]
+            seen = torch.cat([s if s is not None else b for (_, s, _), b in zip(parts, blank, strict=True)])
+        return Sampler(
+            temperature=torch.cat([self.temperature, other.temperature]),
+            top_k=torch.cat([self.top_k, other.top_k]),
+            top_p=torch.cat([self.top_p, other.top_p]),
+            penalty=penalty,
+            seen=seen,
+            generators=[*self.generators, *other.generators],
+        )
+
     def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick one token per row.
 
@@ -186,10 +206,11 @@ class Sampler:
         probs = values.softmax(dim=-1)
 
         picks = torch.empty(len(sampling), dtype=torch.long, device=values.device)
-        for j, row in enumerate(sampling.tolist()):
-            # One draw per row from the row's own generator: seeded rows do not
-            # consume each other's random numbers.
-            picks[j] = torch.multinomial(probs[j], 1, generator=self.generators[row])[0]
+        for j, (row, own_k) in enumerate(zip(sampling.tolist(), k.tolist(), strict=True)):
+            # One draw per row from the row's own generator, over the row's own k
+            # candidates: neither its neighbours' random numbers nor their top_k
+            # (the width of this tensor) change what a seeded row picks.
+            picks[j] = torch.multinomial(probs[j, :own_k], 1, generator=self.generators[row])[0]
         tokens[sampling] = index.gather(1, picks[:, None]).squeeze(1)
         return tokens
 

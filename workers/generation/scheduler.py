@@ -21,7 +21,9 @@ from workers.generation.options import DecodeRequest, GenerationOutput, Generato
 
 
 @dataclass
-class _Pending:
+class Pending:
+    """A submitted request and the future its caller waits on."""
+
     request: DecodeRequest
     future: Future[GenerationOutput]
     submitted: float
@@ -31,7 +33,8 @@ class _Pending:
         return self.request.num_return_sequences
 
 
-_CLOSE = object()
+CLOSE = object()
+"""Queued by ``close``: serve what came before, then stop."""
 
 
 class BatchingGenerator:
@@ -77,7 +80,7 @@ class BatchingGenerator:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="assay-generate", daemon=True)
                 self._thread.start()
-            self._queue.put(_Pending(request, future, time.perf_counter()))
+            self._queue.put(Pending(request, future, time.perf_counter()))
         return future
 
     def generate(self, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
@@ -100,7 +103,7 @@ class BatchingGenerator:
                 return
             self._closed = True
             thread = self._thread
-            self._queue.put(_CLOSE)
+            self._queue.put(CLOSE)
         if thread is not None:
             thread.join(timeout)
 
@@ -125,19 +128,19 @@ class BatchingGenerator:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _CLOSE and item.future.set_running_or_notify_cancel():
+                if item is not CLOSE and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(RuntimeError(f"generator thread stopped: {exc!r}"))
             raise
 
     def _loop(self) -> None:
-        carry: _Pending | None = None
+        carry: Pending | None = None
         closing = False
         while not closing or carry is not None:
             first = carry if carry is not None else self._queue.get()
             carry = None
-            if first is _CLOSE:
+            if first is CLOSE:
                 break
-            batch: list[_Pending] = [first]
+            batch: list[Pending] = [first]
             rows = first.rows
             deadline = time.perf_counter() + self.batch_wait_ms / 1000
             while rows < self.max_batch_size and not closing:
@@ -145,7 +148,7 @@ class BatchingGenerator:
                     item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
-                if item is _CLOSE:
+                if item is CLOSE:
                     closing = True
                 elif rows + item.rows > self.max_batch_size:
                     carry = item  # starts the next batch
@@ -160,10 +163,10 @@ class BatchingGenerator:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _CLOSE:
+            if item is not CLOSE:
                 self._serve([item])
 
-    def _serve(self, batch: list[_Pending]) -> None:
+    def _serve(self, batch: list[Pending]) -> None:
         batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -185,9 +188,9 @@ class BatchingGenerator:
                 raise
             return
         for p, out in zip(batch, outputs, strict=True):
-            p.future.set_result(_with_queue_ms(out, started - p.submitted))
+            p.future.set_result(with_queue_ms(out, started - p.submitted))
 
-    def _serve_alone(self, pending: _Pending, started: float) -> None:
+    def _serve_alone(self, pending: Pending, started: float) -> None:
         try:
             self.calls += 1
             (out,) = self.generator.generate([pending.request])
@@ -196,8 +199,8 @@ class BatchingGenerator:
             if not isinstance(exc, Exception):
                 raise
             return
-        pending.future.set_result(_with_queue_ms(out, started - pending.submitted))
+        pending.future.set_result(with_queue_ms(out, started - pending.submitted))
 
 
-def _with_queue_ms(out: GenerationOutput, seconds: float) -> GenerationOutput:
+def with_queue_ms(out: GenerationOutput, seconds: float) -> GenerationOutput:
     return dataclasses.replace(out, queue_ms=round(seconds * 1000, 2))
