@@ -7,8 +7,10 @@
         job = assay.generate(prompt="What is the capital of France?", wait=30)
         print(job.result.output if job.result else job.status)
 
-Every call has a timeout; answers 429 and 503 (and connections that could
-not be made) are retried with exponential backoff, honouring ``Retry-After``;
+``api_key`` (default: the ``ASSAY_API_KEY`` variable) is sent as a bearer
+token to a server that requires keys. Every call has a timeout; answers 429
+and 503 (and connections that could not be made) are retried with exponential
+backoff, honouring ``Retry-After``;
 an error answer raises the typed exception of its status (``assay.errors``)
 carrying the problem details. Both clients build their requests with the
 same ``_Calls``; only sending differs.
@@ -17,6 +19,7 @@ same ``_Calls``; only sending differs.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -192,14 +195,25 @@ class Retry:
         return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
 
 
+def auth_headers(api_key: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer KEY`` for ``api_key``, else ``ASSAY_API_KEY`` when set, else nothing."""
+    key = api_key or os.environ.get("ASSAY_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class _Base:
     def __init__(
-        self, base_url: str, timeout: float, retry: Retry | None, headers: Mapping[str, str] | None
+        self,
+        base_url: str,
+        timeout: float,
+        retry: Retry | None,
+        headers: Mapping[str, str] | None,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry = retry or Retry()
-        self.headers = dict(headers or {})
+        self.headers = {**auth_headers(api_key), **(headers or {})}
 
     def _parse(self, call: _Call[T], response: httpx.Response) -> T:
         if response.status_code >= 400:
@@ -236,8 +250,9 @@ class Client(_Base):
         retry: Retry | None = None,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, timeout, retry, headers)
+        super().__init__(base_url, timeout, retry, headers, api_key)
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, transport=transport)
 
     def __enter__(self) -> Client:
@@ -366,8 +381,9 @@ class AsyncClient(_Base):
         retry: Retry | None = None,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, timeout, retry, headers)
+        super().__init__(base_url, timeout, retry, headers, api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:

@@ -47,6 +47,18 @@ class BadRequest(AssayAPIError):
     status = 400
 
 
+class Unauthorized(AssayAPIError):
+    """401: no API key, or one that is unknown, revoked or expired."""
+
+    status = 401
+
+
+class Forbidden(AssayAPIError):
+    """403: the key's role may not use this route."""
+
+    status = 403
+
+
 class NotFound(AssayAPIError):
     status = 404
 
@@ -79,14 +91,23 @@ class ServerError(AssayAPIError):
     status = 500
 
 
+class GatewayTimeout(ServerError):
+    """504: the request did not finish in the server's time limit; it was cancelled."""
+
+    status = 504
+
+
 _BY_STATUS: dict[int, type[AssayAPIError]] = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
     422: Unprocessable,
     429: RateLimited,
     503: ServiceUnavailable,
+    504: GatewayTimeout,
 }
 
 

@@ -141,6 +141,34 @@ class Overloaded(AssayError):
     title = "Service overloaded"
 
 
+class TimedOut(AssayError):
+    """The request's work did not finish within its time limit; retrying may succeed."""
+
+    code = "timeout"
+    title = "Request timed out"
+
+
+class Unauthenticated(AssayError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+    code = "unauthenticated"
+    title = "Authentication required"
+
+
+class Forbidden(AssayError):
+    """The key's role may not use this route."""
+
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class RateLimited(AssayError):
+    """The key sent more requests than its rate allows, or its tenant is over a quota."""
+
+    code = "rate-limited"
+    title = "Too many requests"
+
+
 class NotReady(AssayError):
     code = "not-ready"
     title = "Not ready"

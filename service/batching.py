@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
-from evaluators.errors import Overloaded
+from evaluators.errors import Overloaded, TimedOut
 
 I = TypeVar("I")  # noqa: E741 - item
 R = TypeVar("R")  # result
@@ -75,9 +75,8 @@ class MicroBatcher(Generic[I, R]):
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
         except TimeoutError:
-            raise Overloaded(
-                f"inference did not finish within {self._timeout_s:g} s", retry_after_s=5
-            ) from None
+            # A timeout, not a full queue: 504 (the queue bound above is the 503).
+            raise TimedOut(f"inference did not finish within {self._timeout_s:g} s") from None
 
     async def _drain(self, key: Hashable, queue: asyncio.Queue[tuple[I, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()

@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_drift_parser(sub)
 
+    from service.keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
+
     calibrate = sub.add_parser(
         "calibrate",
         help="fit a policy's thresholds on labelled examples and write a new policy version",

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from assay.client import auth_headers
 from evaluators.contracts.drift import Baseline, DriftReport, DriftReportRequest
 from evaluators.errors import InputError
 
@@ -96,7 +97,7 @@ def report_embedded(request: DriftReportRequest, out: Path) -> int:
 
 def report_remote(server: str, request: DriftReportRequest, out: Path, poll_s: float = 0.5) -> int:
     started = time.monotonic()
-    with httpx.Client(base_url=server, timeout=60) as c:
+    with httpx.Client(base_url=server, timeout=60, headers=auth_headers()) as c:
         r = c.post(
             "/v1/drift/reports", json=request.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
@@ -138,7 +139,7 @@ def cmd_drift_baseline(args: Any) -> int:
     else:
         body.update({"from": args.start, "to": args.end})
     if args.server:
-        with httpx.Client(base_url=args.server, timeout=60) as c:
+        with httpx.Client(base_url=args.server, timeout=60, headers=auth_headers()) as c:
             r = c.post("/v1/drift/baselines", json={k: v for k, v in body.items() if v is not None})
         if r.status_code != 201:
             print(f"error: {r.status_code} {r.text}", file=sys.stderr)

@@ -14,10 +14,26 @@ import time
 import uuid
 
 from evaluators.contracts import FairnessSpec, GenerationJob, JobError, Prompt, SamplingParams, Status
-from evaluators.errors import Overloaded, PayloadTooLarge
+from evaluators.errors import Overloaded, PayloadTooLarge, RateLimited
 from evaluators.policy import LoadedPolicy
+from service.auth import Principal
+from service.backpressure import QUEUE_RETRY_AFTER_S
 from service.state import AppState
 from store.records import JobRecord
+
+
+def check_quota(app: AppState, principal: Principal) -> None:
+    """429 when the tenant already has as many queued and running jobs as its quota allows."""
+    if principal.max_active_jobs <= 0:
+        return
+    active = app.jobs().count_active(principal.tenant)
+    if active >= principal.max_active_jobs:
+        raise RateLimited(
+            f"tenant {principal.tenant!r} has {active} queued or running jobs; its quota is "
+            f"{principal.max_active_jobs}",
+            quota="max_active_jobs",
+            retry_after_s=QUEUE_RETRY_AFTER_S,
+        )
 
 
 async def submit_job(
@@ -26,12 +42,16 @@ async def submit_job(
     prompt: Prompt,
     params: SamplingParams,
     *,
+    principal: Principal,
     model: str | None = None,
     context: tuple[str, ...] | None = None,
     fairness: FairnessSpec | None = None,
     stream: bool = False,
 ) -> str:
-    """Record and queue one job under ``lp``; returns its id. A broker that is down is a 503."""
+    """Record and queue one job of ``principal``'s tenant under ``lp``; returns its id.
+
+    Over the tenant's job quota: 429; queue deeper than allowed or broker down: 503.
+    """
     texts = prompt.texts()
     total = sum(len(t) for t in texts)
     if total > lp.policy.limits.max_chars:
@@ -42,11 +62,14 @@ async def submit_job(
     settings = app.worker_settings
     model = model or settings.default_model
     queue = settings.queue_for(model)
+    await asyncio.to_thread(check_quota, app, principal)
+    await asyncio.to_thread(app.queue_guard.check, queue)
     job_id = uuid.uuid4().hex
     joined = "\n".join(texts)
     await asyncio.to_thread(
         jobs.create,
         job_id=job_id,
+        tenant=principal.tenant,
         model=model,
         queue=queue,
         policy_name=lp.name,

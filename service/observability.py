@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from evaluators.contracts import Status
 from evaluators.logs import accept_request_id, request_id
+from service.auth import PUBLIC
 from store.jobs import job_store
 from workers.metrics import SECONDS, DriftSource, install_process_metrics
 from workers.settings import WorkerSettings
@@ -77,6 +78,8 @@ def prometheus_config() -> PrometheusConfig:
 class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = False
+    # Open like /healthz: scrapers carry no API key; it holds counts and timings, no text.
+    opt = PUBLIC
 
 
 class BackendCollector(Collector):

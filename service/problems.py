@@ -26,6 +26,10 @@ STATUS: list[tuple[type[E.AssayError], int]] = [
     (E.NotFound, 404),
     (E.PolicyError, 422),
     (E.FileValidationError, 422),
+    (E.Unauthenticated, 401),
+    (E.Forbidden, 403),
+    (E.RateLimited, 429),
+    (E.TimedOut, 504),
     (E.Overloaded, 503),
     (E.NotReady, 503),
     (E.Unavailable, 503),
@@ -79,12 +83,23 @@ def retry_after(status: int, extra: dict[str, Any]) -> dict[str, str] | None:
     return {"Retry-After": str(seconds)}
 
 
+# The challenge a 401 carries (RFC 9110 11.6.1): a bearer token; X-API-Key is accepted too.
+WWW_AUTHENTICATE = 'Bearer realm="assay"'
+
+
+def error_headers(status: int, extra: dict[str, Any]) -> dict[str, str] | None:
+    """Retry-After on 429 and 503 (see ``retry_after``), WWW-Authenticate on 401."""
+    if status == 401:
+        return {"WWW-Authenticate": WWW_AUTHENTICATE}
+    return retry_after(status, extra)
+
+
 def assay_error_handler(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[dict[str, Any]]:
     status = status_for(exc)
     extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, E.FileValidationError):
         extra["errors"] = exc.as_dicts()
-    headers = retry_after(status, extra)
+    headers = error_headers(status, extra)
     return problem(status, exc.title, exc.detail, exc.code, request.url.path, headers, **extra)
 
 

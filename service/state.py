@@ -17,10 +17,14 @@ from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
+from service.auth import Authenticator, Principal
+from service.backpressure import QueueGuard
 from service.batching import MicroBatcher
+from service.ratelimit import RateLimiter, build_limiter
 from service.settings import ServiceSettings
 from store.audits import audit_store
 from store.jobs import JobStore, job_store
+from store.keys import KeyStore, key_store
 from workers.drift import build_runtime, observe_moderation
 from workers.embedded import EmbeddedWorker
 from workers.settings import WorkerSettings, worker_settings
@@ -54,6 +58,22 @@ class AppState:
     embedded_worker: EmbeddedWorker | None = None
     drift: DriftRuntime | None = None
     """Records each moderated text as a drift event and scores it against the policy's baseline."""
+    auth: Authenticator = field(init=False)
+    """Turns API keys into principals (ASSAY_AUTH=required)."""
+    limiter: RateLimiter = field(init=False)
+    """Per-key request rates: Redis when the broker is Redis, else this process."""
+
+    queue_guard: QueueGuard = field(init=False)
+    """Refuses new jobs, audits and drift reports while their queue is deeper than allowed (503)."""
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.keys, self.settings)
+        self.limiter = build_limiter(self.worker_settings.broker_url)
+        self.queue_guard = QueueGuard(self.worker_settings, self.settings.max_queue_depth)
+
+    def keys(self) -> KeyStore:
+        """Tenants and API keys, in the job store's database."""
+        return key_store(self.worker_settings.resolved_database_url(), retry_s=self.settings.store_wait_s)
 
     def jobs(self) -> JobStore:
         """The job store (SQLite embedded, PostgreSQL by ASSAY_DATABASE_URL)."""
@@ -133,7 +153,10 @@ class AppState:
         )
         return cls(settings, policies, engines, executor, batcher, drift=drift)
 
-    def policy(self, name: str) -> LoadedPolicy:
+    def policy(self, name: str, principal: Principal | None = None) -> LoadedPolicy:
+        """The policy ``name``; not found when ``principal``'s tenant may not use it."""
+        if principal is not None:
+            principal.check_policy(name)
         return self.policies.get(name)
 
     def check_limits(self, lp: LoadedPolicy, texts: Sequence[str]) -> None:
@@ -153,11 +176,11 @@ class AppState:
                 )
 
     async def moderate(
-        self, policy: str, stage: Stage, items: Sequence[ModerationItem]
+        self, policy: str, stage: Stage, items: Sequence[ModerationItem], principal: Principal | None = None
     ) -> tuple[LoadedPolicy, list[Decision]]:
         if not self.ready:
             raise NotReady("models are still loading")
-        lp = self.policy(policy)
+        lp = self.policy(policy, principal)
         if stage not in ("input", "output"):
             raise InputError(f"stage must be 'input' or 'output', not {stage!r}")
         self.check_limits(lp, [it.text for it in items])
@@ -168,6 +191,7 @@ class AppState:
         if self.embedded_worker is not None:
             await asyncio.to_thread(self.embedded_worker.stop)
         await self.batcher.close()
+        await self.limiter.close()
         if self.drift is not None:
             # Write what is buffered: events the recorder took are not lost on a clean shutdown.
             await asyncio.to_thread(self.drift.close)

@@ -7,10 +7,25 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from evaluators.contracts import AuditItemResult, ModelInfo, PolicyIdentity, SamplingParams, Status
+from evaluators.contracts import (
+    DEFAULT_TENANT,
+    AuditItemResult,
+    ModelInfo,
+    PolicyIdentity,
+    SamplingParams,
+    Status,
+)
 from evaluators.contracts import AuditRun as AuditRunContract
 from store.db import Database, database, insert_ignore
-from store.models import TERMINAL, AuditResult, AuditRun, ModelRecord, PolicyRecord, as_utc, utcnow
+from store.models import (
+    TERMINAL,
+    AuditResult,
+    AuditRun,
+    ModelRecord,
+    PolicyRecord,
+    as_utc,
+    utcnow,
+)
 from store.records import PolicyVersion
 from store.retry import retried
 
@@ -37,8 +52,9 @@ class AuditStore:
         params: SamplingParams,
         samples_per_prompt: int,
         total: int,
+        tenant: str = DEFAULT_TENANT,
     ) -> AuditRunContract:
-        """Record a new queued run, and the policy version it runs under (once per sha256)."""
+        """Record a new queued run of ``tenant``, and the policy version it runs under (once per sha256)."""
         version = PolicyVersion(
             sha256=policy.sha256, name=policy.name, version=policy.version, content=policy_text
         )
@@ -46,6 +62,7 @@ class AuditStore:
             insert_ignore(s, PolicyRecord.__table__, {**version.model_dump(), "first_seen": utcnow()})
             run = AuditRun(
                 id=run_id,
+                tenant=tenant,
                 status=Status.QUEUED,
                 suite_name=suite_name,
                 suite_sha256=suite_sha256,
@@ -63,10 +80,13 @@ class AuditStore:
             return AuditRunContract.model_validate(run)
 
     @retried
-    def get_run(self, run_id: str) -> AuditRunContract | None:
+    def get_run(self, run_id: str, tenant: str | None = None) -> AuditRunContract | None:
+        """The run, or None when there is none (or, given ``tenant``, when another tenant owns it)."""
         with self.db.session() as s:
             run = s.get(AuditRun, run_id)
-            return None if run is None else AuditRunContract.model_validate(run)
+            if run is None or (tenant is not None and run.tenant != tenant):
+                return None
+            return AuditRunContract.model_validate(run)
 
     @retried
     def mark_started(self, run_id: str) -> bool:

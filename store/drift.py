@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from evaluators.contracts import DEFAULT_TENANT
 from evaluators.contracts.drift import (
     Baseline,
     DriftEvent,
@@ -198,10 +199,13 @@ class DriftStore:
 
     # ------------------------------------------------------------------ reports
 
-    def create_report(self, report_id: str, request: DriftReportRequest, trigger: str) -> DriftReportRecord:
+    def create_report(
+        self, report_id: str, request: DriftReportRequest, trigger: str, tenant: str = DEFAULT_TENANT
+    ) -> DriftReportRecord:
         with self.db.session() as s:
             row = DriftReportRow(
                 id=report_id,
+                tenant=tenant,
                 status="queued",
                 policy_name=request.policy,
                 model=request.model,
@@ -240,16 +244,26 @@ class DriftStore:
         with self.db.session() as s:
             s.execute(update(DriftReportRow).where(DriftReportRow.id == report_id).values(alert=alert))
 
-    def report(self, report_id: str) -> DriftReportRecord | None:
+    def report(self, report_id: str, tenant: str | None = None) -> DriftReportRecord | None:
+        """The report, or None when there is none (or, given ``tenant``, when another tenant owns it)."""
         with self.db.session() as s:
             row = s.get(DriftReportRow, report_id)
-            return None if row is None else _record(row)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return _record(row)
 
     def reports(
-        self, policy: str | None = None, *, trigger: str | None = None, limit: int = 50
+        self,
+        policy: str | None = None,
+        *,
+        trigger: str | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
     ) -> list[DriftReportRecord]:
-        """Reports, newest first."""
+        """Reports, newest first; only ``tenant``'s when given."""
         query = select(DriftReportRow).order_by(DriftReportRow.created_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(DriftReportRow.tenant == tenant)
         if policy is not None:
             query = query.where(DriftReportRow.policy_name == policy)
         if trigger is not None:

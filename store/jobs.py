@@ -13,7 +13,7 @@ from collections.abc import Collection
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
-from evaluators.contracts import JobError, JobResult, SamplingParams, Status
+from evaluators.contracts import DEFAULT_TENANT, JobError, JobResult, SamplingParams, Status
 from store.db import Database, database
 from store.models import TERMINAL, Job, utcnow
 from store.records import JobRecord
@@ -45,11 +45,13 @@ class JobStore:
         prompt_sha256: str,
         params: SamplingParams,
         raw_prompt: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> JobRecord:
-        """Record a new queued job (before it is queued, so it is never lost silently)."""
+        """Record a new queued job of ``tenant`` (before it is queued, so it is never lost silently)."""
         with self.db.session() as s:
             job = Job(
                 id=job_id,
+                tenant=tenant,
                 status=Status.QUEUED,
                 model=model,
                 queue=queue,
@@ -64,10 +66,20 @@ class JobStore:
             return JobRecord.model_validate(job)
 
     @retried
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
+        """The job, or None when there is none (or, given ``tenant``, when another tenant owns it)."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
-            return None if job is None else JobRecord.model_validate(job)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            return JobRecord.model_validate(job)
+
+    @retried
+    def count_active(self, tenant: str) -> int:
+        """The tenant's jobs that are queued or running (its quota counts them)."""
+        with self.db.session() as s:
+            query = select(func.count()).where(Job.tenant == tenant, Job.status.not_in(TERMINAL))
+            return int(s.scalar(query) or 0)
 
     @retried
     def claim(self, job_id: str, worker: str, lease_s: float) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from evaluators.contracts import Status
+from evaluators.contracts import DEFAULT_TENANT, Status
 
 # The statuses a job or run never leaves; a finished outcome is never overwritten.
 TERMINAL = [s.value for s in Status if s.terminal]
@@ -21,6 +21,11 @@ def utcnow() -> dt.datetime:
 def as_utc(value: dt.datetime) -> dt.datetime:
     """``value`` as an aware datetime: SQLite hands back naive ones for timezone-aware columns."""
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _tenant_column() -> Any:
+    """The tenant that owns a row; only its keys see it (migration 0004)."""
+    return mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT, index=True)
 
 
 class Base(DeclarativeBase):
@@ -49,6 +54,7 @@ class Job(Base):
     # The lease: which worker process runs the job, and when it last said it still does.
     worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    tenant: Mapped[str] = _tenant_column()
 
 
 class AuditRun(Base):
@@ -74,6 +80,7 @@ class AuditRun(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    tenant: Mapped[str] = _tenant_column()
 
 
 class AuditResult(Base):
@@ -180,3 +187,34 @@ class DriftReportRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    tenant: Mapped[str] = _tenant_column()
+
+
+class Tenant(Base):
+    """A customer of the service: which policies its keys may use and its quotas."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # None: every loaded policy; else only these names (others answer 404).
+    policies: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    rate_per_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only a salted scrypt hash of its secret is kept, never the secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.name"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

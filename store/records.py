@@ -9,10 +9,12 @@ audit runs come back as ``evaluators.contracts.AuditRun`` itself.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from evaluators.contracts import JobError, JobResult, SamplingParams, Status
+from evaluators.contracts import DEFAULT_TENANT, JobError, JobResult, SamplingParams, Status
+from store.models import as_utc
 
 
 class _Record(BaseModel):
@@ -40,6 +42,7 @@ class JobRecord(_Record):
     attempts: int
     worker: str | None = None
     heartbeat_at: dt.datetime | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 class PolicyVersion(_Record):
@@ -49,3 +52,32 @@ class PolicyVersion(_Record):
     name: str
     version: str
     content: str
+
+
+# SQLite hands back naive datetimes for timezone-aware columns; these records are always UTC-aware.
+Utc = Annotated[dt.datetime, AfterValidator(as_utc)]
+
+
+class TenantRecord(_Record):
+    """A tenant: the policies its keys may use (None: all) and its quotas (None: the service's default)."""
+
+    name: str
+    policies: list[str] | None
+    rate_per_min: int | None
+    burst: int | None
+    max_active_jobs: int | None
+    created_at: Utc
+
+
+class ApiKeyRecord(_Record):
+    """An API key as stored: its hash, never its secret."""
+
+    id: str
+    tenant: str
+    role: str
+    name: str | None
+    secret_hash: str
+    created_at: Utc
+    expires_at: Utc | None
+    revoked_at: Utc | None
+    last_used_at: Utc | None

@@ -25,6 +25,7 @@ from evaluators.audit.gates import evaluate_gates
 from evaluators.audit.record import build_run_record
 from evaluators.audit.suites import LoadedSuite, parse_suite
 from evaluators.contracts import (
+    DEFAULT_TENANT,
     AuditItem,
     AuditItemResult,
     AuditRun,
@@ -63,8 +64,9 @@ class AuditRepository(Protocol):
         params: SamplingParams,
         samples_per_prompt: int,
         total: int,
+        tenant: str = DEFAULT_TENANT,
     ) -> AuditRun: ...
-    def get_run(self, run_id: str) -> AuditRun | None: ...
+    def get_run(self, run_id: str, tenant: str | None = None) -> AuditRun | None: ...
     def mark_started(self, run_id: str) -> bool: ...
     def done_keys(self, run_id: str) -> set[str]: ...
     def add_result(
@@ -105,8 +107,12 @@ class AuditRunner:
         queue: str,
         params: SamplingParams,
         samples_per_prompt: int,
+        tenant: str = DEFAULT_TENANT,
     ) -> AuditRun:
-        """Record a new queued run of ``suite`` under ``lp`` (and the policy version, by sha256)."""
+        """Record a new queued run of ``suite`` under ``lp`` (and the policy version, by sha256).
+
+        ``tenant`` owns the run: only its keys see it.
+        """
         items = suite.expand(samples_per_prompt)
         if not items:
             raise InputError("the suite has no items")
@@ -122,6 +128,7 @@ class AuditRunner:
             params=params,
             samples_per_prompt=samples_per_prompt,
             total=len(items),
+            tenant=tenant,
         )
 
     def start(self, run_id: str, enqueue: Enqueue, chunk_size: int) -> int:

@@ -21,7 +21,7 @@ from evaluators.contracts.audits import (
     Status,
     work_key,
 )
-from evaluators.contracts.base import Contract
+from evaluators.contracts.base import DEFAULT_TENANT, Contract
 from evaluators.contracts.jobs import (
     GROUP_PLACEHOLDER,
     ChatMessage,
@@ -49,6 +49,7 @@ from evaluators.contracts.results import (
 from evaluators.contracts.streams import StreamEvent, StreamFinish
 
 __all__ = [
+    "DEFAULT_TENANT",
     "GROUP_PLACEHOLDER",
     "AuditItem",
     "AuditItemResult",

@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from evaluators import errors as E
 from service.openai.schema import ErrorBody, ErrorResponse
-from service.problems import retry_after, status_for
+from service.problems import error_headers, status_for
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def assay_error(request: Request[Any, Any, Any], exc: E.AssayError) -> Response[
         status = 400
     param = exc.extra.get("param") or exc.extra.get("field")
     code = exc.extra.get("code") or exc.code
-    headers = retry_after(status, dict(exc.extra))
+    headers = error_headers(status, dict(exc.extra))
     return openai_error(
         status, exc.detail, param=str(param) if param else None, code=str(code), headers=headers
     )

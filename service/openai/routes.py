@@ -18,6 +18,7 @@ from litestar.response import Stream
 from evaluators.contracts import JobResult, Prompt, Status
 from evaluators.engine import Stage
 from evaluators.errors import InputError, PayloadTooLarge
+from service.auth import Principal, requires
 from service.jobs import await_job, cancel_job, submit_job
 from service.openai import mapping
 from service.openai.errors import OPENAI_EXCEPTION_HANDLERS, openai_error
@@ -70,11 +71,15 @@ async def _results(app: AppState, job_ids: list[str]) -> list[JobResult] | Respo
 
 
 async def _submit(
-    app: AppState, request: Request[Any, Any, Any], data: ChatRequest | CompletionRequest, prompt: Prompt
+    app: AppState,
+    request: Request[Any, Any, Any],
+    data: ChatRequest | CompletionRequest,
+    prompt: Prompt,
+    principal: Principal,
 ) -> tuple[str, list[str]]:
     """Queue one job per choice; returns the model name and the job ids."""
     model, policy = mapping.split_model(data.model, request.headers.get(mapping.POLICY_HEADER), _served(app))
-    lp = app.policy(policy or DEFAULT_POLICY)
+    lp = app.policy(policy or DEFAULT_POLICY, principal)
     params = lp.policy.generation.resolve(mapping.overrides(data), policy=lp.name)
     if data.stream_options is not None and not data.stream:
         raise InputError("stream_options needs stream: true", param="stream_options")
@@ -82,7 +87,11 @@ async def _submit(
     for i in range(data.choices()):
         # Choice i samples with seed + i, like the samples of one job.
         seeded = params.with_seed_offset(i)
-        job_ids.append(await submit_job(app, lp, prompt, seeded, model=model, stream=bool(data.stream)))
+        job_ids.append(
+            await submit_job(
+                app, lp, prompt, seeded, principal=principal, model=model, stream=bool(data.stream)
+            )
+        )
     return model, job_ids
 
 
@@ -103,10 +112,11 @@ async def _complete(
     data: ChatRequest | CompletionRequest,
     kind: Kind,
     prompt: Prompt,
+    principal: Principal,
 ) -> Response[dict[str, Any]] | Stream:
     """One completion of either kind: queue its jobs, then stream them or wait for them."""
     created = int(time.time())
-    _, job_ids = await _submit(app, request, data, prompt)
+    _, job_ids = await _submit(app, request, data, prompt, principal)
     if data.stream:
         return _stream(app, kind, data, created, job_ids)
     results = await _results(app, job_ids)
@@ -122,25 +132,28 @@ class OpenAIController(Controller):
 
     path = "/v1"
     tags = ["openai"]
+    opt = requires("app")
     exception_handlers = OPENAI_EXCEPTION_HANDLERS
 
     @post("/chat/completions", status_code=200, summary="OpenAI-compatible chat completion, guarded")
     async def chat(
-        self, data: ChatRequest, state: State, request: Request[Any, Any, Any]
+        self, data: ChatRequest, state: State, request: Request[Any, Any, Any], principal: Principal
     ) -> Response[dict[str, Any]] | Stream:
-        return await _complete(state.assay, request, data, "chat", mapping.chat_prompt(data.messages))
+        prompt = mapping.chat_prompt(data.messages)
+        return await _complete(state.assay, request, data, "chat", prompt, principal)
 
     @post("/completions", status_code=200, summary="OpenAI-compatible text completion, guarded")
     async def complete(
-        self, data: CompletionRequest, state: State, request: Request[Any, Any, Any]
+        self, data: CompletionRequest, state: State, request: Request[Any, Any, Any], principal: Principal
     ) -> Response[dict[str, Any]] | Stream:
-        return await _complete(state.assay, request, data, "text", mapping.completion_prompt(data.prompt))
+        prompt = mapping.completion_prompt(data.prompt)
+        return await _complete(state.assay, request, data, "text", prompt, principal)
 
     @get("/models", summary="Served models, each alone and with each policy ('MODEL@POLICY')")
-    async def models(self, state: State) -> ModelList:
+    async def models(self, state: State, principal: Principal) -> ModelList:
         app: AppState = state.assay
         created = int(app.started_at)
-        policies = app.policies.names()
+        policies = [p for p in app.policies.names() if principal.sees_policy(p)]
         cards = []
         for model in _served(app):
             cards.append(ModelCard(id=model, created=created, policies=policies))
@@ -152,7 +165,7 @@ class OpenAIController(Controller):
 
     @post("/moderations", status_code=200, summary="OpenAI-compatible moderation, by a policy's checks")
     async def moderations(
-        self, data: ModerationRequest, state: State, request: Request[Any, Any, Any]
+        self, data: ModerationRequest, state: State, request: Request[Any, Any, Any], principal: Principal
     ) -> ModerationResponse:
         app: AppState = state.assay
         unsupported(data.model_extra)
@@ -175,7 +188,7 @@ class OpenAIController(Controller):
         if request.headers.get(STAGE_HEADER, stage) != stage:
             raise InputError("X-Assay-Stage must be input or output", param="X-Assay-Stage")
         items = [ModerationItem(t) for t in texts]
-        lp, decisions = await app.moderate(alias or header or DEFAULT_POLICY, stage, items)
+        lp, decisions = await app.moderate(alias or header or DEFAULT_POLICY, stage, items, principal)
         return ModerationResponse(
             id=f"modr-{int(time.time() * 1000):x}",
             model=data.model or f"assay{mapping.ALIAS_SEP}{lp.name}",

@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from evaluators.audit.suites import load_suite
 from evaluators.contracts import AuditRequest, AuditRun, ModelInfo, Status
 from evaluators.errors import InputError, NotFound
+from service.auth import Principal, requires
 from service.problems import problem
 from service.state import AppState
 
@@ -88,23 +89,29 @@ def run_summary(app: AppState, run: AuditRun) -> dict[str, Any]:
 class AuditController(Controller):
     path = "/v1/audits"
     tags = ["audits"]
+    opt = requires("auditor")
 
     @post("/", summary="Start an audit run")
-    async def create(self, data: AuditRequest, state: State) -> Response[dict[str, Any]]:
+    async def create(
+        self, data: AuditRequest, state: State, principal: Principal
+    ) -> Response[dict[str, Any]]:
         app: AppState = state.assay
-        lp = app.policy(data.policy)
+        lp = app.policy(data.policy, principal)
         params = lp.policy.generation.resolve(data.params, policy=lp.name)
         suite = await asyncio.to_thread(load_suite, data.suite)
         settings = app.worker_settings
         model = data.model or settings.default_model
+        queue = settings.queue_for(model)
+        await asyncio.to_thread(app.queue_guard.check, queue)
         run = await asyncio.to_thread(
             app.audits().create,
             lp,
             suite,
             model=model,
-            queue=settings.queue_for(model),
+            queue=queue,
             params=params,
             samples_per_prompt=data.samples_per_prompt,
+            tenant=principal.tenant,
         )
         total = run.total
         await asyncio.to_thread(app.send, "assay.audit.start", [run.id], run.queue)
@@ -114,32 +121,33 @@ class AuditController(Controller):
             headers={"Location": f"/v1/audits/{run.id}"},
         )
 
-    async def _run(self, app: AppState, run_id: str) -> AuditRun:
-        run = await asyncio.to_thread(app.audits().repo.get_run, run_id)
+    async def _run(self, app: AppState, run_id: str, principal: Principal) -> AuditRun:
+        # Another tenant's run is not found: its existence is not revealed.
+        run = await asyncio.to_thread(app.audits().repo.get_run, run_id, principal.tenant)
         if run is None:
             raise NotFound(f"no audit run {run_id!r}")
         return run
 
     @get("/{run_id:str}", summary="Status, progress and partial aggregates")
-    async def show(self, run_id: str, state: State) -> dict[str, Any]:
+    async def show(self, run_id: str, state: State, principal: Principal) -> dict[str, Any]:
         app: AppState = state.assay
-        run = await self._run(app, run_id)
+        run = await self._run(app, run_id, principal)
         return await asyncio.to_thread(run_summary, app, run)
 
     @delete("/{run_id:str}", status_code=200, summary="Cancel an audit run")
-    async def cancel(self, run_id: str, state: State) -> Response[dict[str, Any]]:
+    async def cancel(self, run_id: str, state: State, principal: Principal) -> Response[dict[str, Any]]:
         app: AppState = state.assay
-        run = await self._run(app, run_id)
+        run = await self._run(app, run_id, principal)
         if run.status.terminal:
             return problem(409, "Audit already finished", f"run {run_id} is {run.status}", "audit-finished")
         await asyncio.to_thread(app.audits().cancel, run_id)
-        run = await self._run(app, run_id)
+        run = await self._run(app, run_id, principal)
         return Response(await asyncio.to_thread(run_summary, app, run), status_code=200)
 
     @post("/{run_id:str}/resume", status_code=202, summary="Re-send the items that have no result yet")
-    async def resume(self, run_id: str, state: State) -> dict[str, Any]:
+    async def resume(self, run_id: str, state: State, principal: Principal) -> dict[str, Any]:
         app: AppState = state.assay
-        run = await self._run(app, run_id)
+        run = await self._run(app, run_id, principal)
         if run.status.terminal:
             return {"id": run_id, "status": run.status, "resent": 0}
         done = await asyncio.to_thread(app.audits().repo.count_results, run_id)
@@ -151,6 +159,7 @@ class AuditController(Controller):
         self,
         run_id: str,
         state: State,
+        principal: Principal,
         format: Literal["json", "html", "junit"] = Parameter(default="json", description="Report format."),
     ) -> Response[Any]:
         from evaluators.audit.junit import render_junit
@@ -158,7 +167,7 @@ class AuditController(Controller):
         from evaluators.audit.render import render_html
 
         app: AppState = state.assay
-        run = await self._run(app, run_id)
+        run = await self._run(app, run_id, principal)
         if run.status != Status.SUCCEEDED or run.report is None:
             return problem(
                 409, "Report not ready", f"run {run_id} is {run.status}; reports exist once it succeeds",
@@ -172,11 +181,11 @@ class AuditController(Controller):
         return Response(render_json(record), media_type=MediaType.JSON)
 
     @get("/{run_a:str}/compare/{run_b:str}", summary="What got better or worse from run a to run b")
-    async def compare(self, run_a: str, run_b: str, state: State) -> dict[str, Any]:
+    async def compare(self, run_a: str, run_b: str, state: State, principal: Principal) -> dict[str, Any]:
         from evaluators.audit.compare import compare as compare_runs
 
         app: AppState = state.assay
-        a, b = await self._run(app, run_a), await self._run(app, run_b)
+        a, b = await self._run(app, run_a, principal), await self._run(app, run_b, principal)
         if a.report is None or b.report is None:
             pending = a if a.report is None else b
             raise InputError(f"run {pending.id} has no report yet (status {pending.status})")

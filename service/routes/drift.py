@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluators.contracts.drift import Baseline, DriftReportRecord, DriftReportRequest
 from evaluators.errors import InputError, NotFound, Overloaded
+from service.auth import Principal, requires
 from service.problems import problem
 from service.state import AppState
 from workers.drift import check_request, store
@@ -65,19 +66,32 @@ class BaselineBody(BaseModel):
     audit: str | None = Field(default=None, description="An audit run id whose items are the baseline.")
 
 
+async def _check_audit(app: AppState, audit: str | None, principal: Principal) -> None:
+    """An audit run named as a baseline must exist and be the caller's tenant's (else 404)."""
+    if audit is not None:
+        run = await asyncio.to_thread(app.audits().repo.get_run, audit, principal.tenant)
+        if run is None:
+            raise NotFound(f"no audit run {audit!r}")
+
+
 class DriftController(Controller):
     path = "/v1/drift"
     tags = ["drift"]
+    opt = requires("auditor")
 
     @post("/reports", summary="Compare a window of traffic with a baseline (built by a worker)")
-    async def create_report(self, data: DriftReportRequest, state: State) -> Response[dict[str, Any]]:
+    async def create_report(
+        self, data: DriftReportRequest, state: State, principal: Principal
+    ) -> Response[dict[str, Any]]:
         app: AppState = state.assay
-        app.policy(data.policy)  # 404 for an unknown policy
+        app.policy(data.policy, principal)  # 404 for an unknown policy, or one the tenant may not use
+        await _check_audit(app, data.baseline.audit if data.baseline else None, principal)
         repo = store(app.worker_settings)
         await asyncio.to_thread(check_request, repo, app.policies, data)
-        report_id = uuid.uuid4().hex
-        record = await asyncio.to_thread(repo.create_report, report_id, data, "api")
         queue = app.worker_settings.default_queue
+        await asyncio.to_thread(app.queue_guard.check, queue)
+        report_id = uuid.uuid4().hex
+        record = await asyncio.to_thread(repo.create_report, report_id, data, "api", principal.tenant)
         try:
             await asyncio.to_thread(app.send, "assay.drift.report", [report_id], queue)
         except Exception as exc:
@@ -93,6 +107,7 @@ class DriftController(Controller):
     async def list_reports(
         self,
         state: State,
+        principal: Principal,
         policy: str | None = Parameter(default=None, description="Only this policy's reports."),
         trigger: Literal["api", "schedule", "cli"] | None = Parameter(
             default=None, description="Only these."
@@ -101,7 +116,7 @@ class DriftController(Controller):
     ) -> dict[str, Any]:
         app: AppState = state.assay
         records = await asyncio.to_thread(
-            store(app.worker_settings).reports, policy, trigger=trigger, limit=limit
+            store(app.worker_settings).reports, policy, trigger=trigger, limit=limit, tenant=principal.tenant
         )
         return {"reports": [report_summary(r) for r in records]}
 
@@ -110,10 +125,12 @@ class DriftController(Controller):
         self,
         report_id: str,
         state: State,
+        principal: Principal,
         format: Literal["json", "html"] = Parameter(default="json", description="Report format."),
     ) -> Response[Any]:
         app: AppState = state.assay
-        record = await asyncio.to_thread(store(app.worker_settings).report, report_id)
+        # Another tenant's report is not found: its existence is not revealed.
+        record = await asyncio.to_thread(store(app.worker_settings).report, report_id, principal.tenant)
         if record is None:
             raise NotFound(f"no drift report {report_id!r}")
         if format == "html":
@@ -130,13 +147,10 @@ class DriftController(Controller):
         return Response(body, media_type=MediaType.JSON)
 
     @post("/baselines", status_code=201, summary="Name a baseline: a window of traffic or an audit run")
-    async def create_baseline(self, data: BaselineBody, state: State) -> dict[str, Any]:
+    async def create_baseline(self, data: BaselineBody, state: State, principal: Principal) -> dict[str, Any]:
         app: AppState = state.assay
-        app.policy(data.policy)
-        if data.audit is not None:
-            run = await asyncio.to_thread(app.audits().repo.get_run, data.audit)
-            if run is None:
-                raise NotFound(f"no audit run {data.audit!r}")
+        app.policy(data.policy, principal)
+        await _check_audit(app, data.audit, principal)
         try:
             baseline = Baseline(
                 name=data.name,
@@ -155,11 +169,15 @@ class DriftController(Controller):
 
     @get("/baselines", summary="Named baselines, newest first")
     async def list_baselines(
-        self, state: State, policy: str | None = Parameter(default=None, description="Only this policy's.")
+        self,
+        state: State,
+        principal: Principal,
+        policy: str | None = Parameter(default=None, description="Only this policy's."),
     ) -> dict[str, Any]:
         app: AppState = state.assay
         baselines = await asyncio.to_thread(store(app.worker_settings).baselines, policy)
-        return {"baselines": [b.wire() for b in baselines]}
+        # Baselines belong to policies: a tenant sees those of the policies it may use.
+        return {"baselines": [b.wire() for b in baselines if principal.sees_policy(b.policy)]}
 
     @get("/recorder", summary="This API process's drift recorder: events recorded, acknowledged, dropped")
     async def recorder(self, state: State) -> dict[str, Any]:

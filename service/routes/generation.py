@@ -15,6 +15,7 @@ from litestar.params import Parameter
 
 from evaluators.contracts import GenerationRequest, Status
 from evaluators.errors import NotFound
+from service.auth import Principal, requires
 from service.jobs import await_job, cancel_job, submit_job
 from service.problems import problem
 from service.state import AppState
@@ -53,19 +54,28 @@ def job_body(job: JobRecord) -> dict[str, Any]:
 
 class GenerationController(Controller):
     tags = ["generation"]
+    opt = requires("app")
 
     @post("/v1/generations", summary="Queue a guarded generation job")
     async def create(
         self,
         data: GenerationRequest,
         state: State,
+        principal: Principal,
         wait: float = Parameter(default=0.0, ge=0.0, le=120.0, description="Seconds to wait for the result."),
     ) -> Response[dict[str, Any]]:
         app: AppState = state.assay
-        lp = app.policy(data.policy)
+        lp = app.policy(data.policy, principal)
         params = lp.policy.generation.resolve(data.params, policy=lp.name)
         job_id = await submit_job(
-            app, lp, data, params, model=data.model, context=data.context, fairness=data.fairness
+            app,
+            lp,
+            data,
+            params,
+            principal=principal,
+            model=data.model,
+            context=data.context,
+            fairness=data.fairness,
         )
         if wait > 0:
             current = await await_job(app, job_id, wait)
@@ -78,18 +88,19 @@ class GenerationController(Controller):
         )
 
     @get("/v1/jobs/{job_id:str}", summary="A job's status and result")
-    async def show(self, job_id: str, state: State) -> dict[str, Any]:
+    async def show(self, job_id: str, state: State, principal: Principal) -> dict[str, Any]:
         app: AppState = state.assay
-        job = await asyncio.to_thread(app.jobs().get, job_id)
+        job = await asyncio.to_thread(app.jobs().get, job_id, principal.tenant)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         return job_body(job)
 
     @delete("/v1/jobs/{job_id:str}", status_code=200, summary="Cancel a job")
-    async def cancel(self, job_id: str, state: State) -> Response[dict[str, Any]]:
+    async def cancel(self, job_id: str, state: State, principal: Principal) -> Response[dict[str, Any]]:
         app: AppState = state.assay
         jobs = app.jobs()
-        job = await asyncio.to_thread(jobs.get, job_id)
+        # Another tenant's job is not found: its existence is not revealed, and it is not cancelled.
+        job = await asyncio.to_thread(jobs.get, job_id, principal.tenant)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         if job.status.terminal:

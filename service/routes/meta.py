@@ -9,16 +9,17 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from evaluators.models import registry
+from service.auth import PUBLIC, Principal, requires
 from service.problems import problem
 from service.state import AppState
 
 
-@get("/healthz", tags=["meta"], summary="Liveness: the process answers")
+@get("/healthz", tags=["meta"], summary="Liveness: the process answers", opt=PUBLIC)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["meta"], summary="Readiness: policies valid and models loaded")
+@get("/readyz", tags=["meta"], summary="Readiness: policies valid and models loaded", opt=PUBLIC)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     app: AppState | None = getattr(state, "assay", None)
     if app is None or not app.ready:
@@ -32,9 +33,10 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     return Response(body, status_code=200)
 
 
-@get("/v1/policies", tags=["policies"], summary="List policies")
-async def list_policies(state: State) -> dict[str, Any]:
+@get("/v1/policies", tags=["policies"], summary="List policies", opt=requires("any"))
+async def list_policies(state: State, principal: Principal) -> dict[str, Any]:
     app: AppState = state.assay
+    # A tenant sees only the policies it may use.
     return {
         "policies": [
             {
@@ -44,12 +46,13 @@ async def list_policies(state: State) -> dict[str, Any]:
                 "output": app.engines[lp.name].checks("output"),
             }
             for lp in app.policies
+            if principal.sees_policy(lp.name)
         ]
     }
 
 
-@get("/v1/policies/{name:str}", tags=["policies"], summary="Show one policy")
-async def get_policy(name: str, state: State) -> dict[str, Any]:
+@get("/v1/policies/{name:str}", tags=["policies"], summary="Show one policy", opt=requires("any"))
+async def get_policy(name: str, state: State, principal: Principal) -> dict[str, Any]:
     app: AppState = state.assay
-    lp = app.policy(name)
+    lp = app.policy(name, principal)
     return {**lp.identity(), "policy": lp.policy.model_dump(mode="json")}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluators.engine import Decision
 from evaluators.errors import PayloadTooLarge
 from evaluators.policy import LoadedPolicy
+from service.auth import Principal, requires
 from service.state import AppState, ModerationItem
 
 
@@ -60,18 +61,20 @@ def _policy_block(lp: LoadedPolicy) -> dict[str, str]:
 class ModerationController(Controller):
     path = "/v1/moderate"
     tags = ["moderation"]
+    opt = requires("app")
 
     @post("/", status_code=200, summary="Check one text against a policy")
     async def moderate(
         self,
         data: ModerateRequest,
         state: State,
+        principal: Principal,
         verbose: bool = Parameter(default=False, description="Also list findings that did not trigger."),
     ) -> dict[str, Any]:
         started = time.perf_counter()
         app: AppState = state.assay
         item = ModerationItem(data.text, tuple(data.context or ()))
-        lp, (decision,) = await app.moderate(data.policy, data.stage, [item])
+        lp, (decision,) = await app.moderate(data.policy, data.stage, [item], principal)
         body = decision_body(decision, verbose)
         body["policy"] = _policy_block(lp)
         body["stage"] = data.stage
@@ -83,6 +86,7 @@ class ModerationController(Controller):
         self,
         data: ModerateBatchRequest,
         state: State,
+        principal: Principal,
         verbose: bool = Parameter(default=False, description="Also list findings that did not trigger."),
     ) -> dict[str, Any]:
         started = time.perf_counter()
@@ -96,7 +100,7 @@ class ModerationController(Controller):
             ModerationItem(t, ()) if isinstance(t, str) else ModerationItem(t.text, tuple(t.context or ()))
             for t in data.texts
         ]
-        lp, decisions = await app.moderate(data.policy, data.stage, items)
+        lp, decisions = await app.moderate(data.policy, data.stage, items, principal)
         return {
             "results": [decision_body(d, verbose) for d in decisions],
             "policy": _policy_block(lp),

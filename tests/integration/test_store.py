@@ -91,8 +91,10 @@ def test_migrations_create_the_schema_at_head(db_url: str) -> None:
     tables = set(inspect(db.engine).get_table_names())
     assert {"jobs", "audit_runs", "audit_results", "policies", "models", "alembic_version"} <= tables
     with db.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
-    assert {"worker", "heartbeat_at"} <= {col["name"] for col in inspect(db.engine).get_columns("jobs")}
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0004"
+    columns = {col["name"] for col in inspect(db.engine).get_columns("jobs")}
+    assert {"worker", "heartbeat_at", "tenant"} <= columns
+    assert {"tenants", "api_keys"} <= tables
 
 
 def test_one_database_per_url_until_reset(db_url: str) -> None:
@@ -196,3 +198,51 @@ def test_job_lease_claim_heartbeat_release_and_fail(db_url: str) -> None:
     assert not store.fail_stale("j1", -1, JobError(code="worker-lost"))
     _job(store, "j2")
     assert store.count_by_status() == {"failed": 1, "queued": 1}
+
+
+def test_reads_scoped_to_a_tenant_never_return_another_tenants_rows(db_url: str) -> None:
+    import datetime as dt
+
+    from evaluators.contracts.drift import DriftReportRequest
+    from store.drift import drift_store
+    from store.keys import key_store
+
+    jobs = job_store(db_url)
+    mine = jobs.create(
+        job_id="a1", model="m", queue="q", policy_name="p", policy_sha256="a" * 64,
+        prompt_sha256="b" * 64, params=PARAMS, tenant="acme",
+    )  # fmt: skip
+    assert mine.tenant == "acme" and _job(jobs, "d1").tenant == "default"
+    assert jobs.get("a1", tenant="acme").id == jobs.get("a1").id == "a1"  # type: ignore[union-attr]
+    assert jobs.get("a1", tenant="globex") is None
+    assert jobs.count_active("acme") == 1 and jobs.count_active("globex") == 0
+
+    audits = audit_store(db_url)
+    run = audits.create_run(
+        run_id="r1", suite_name="s", suite_sha256="c" * 64, suite={"name": "s", "items": []}, model="m",
+        queue="q", policy=PolicyIdentity(name="p", version="1", sha256="a" * 64), policy_text="name: p",
+        params=PARAMS, samples_per_prompt=1, total=1, tenant="acme",
+    )  # fmt: skip
+    assert audits.get_run("r1", tenant="acme").id == run.id  # type: ignore[union-attr]
+    assert audits.get_run("r1", tenant="globex") is None
+
+    drift = drift_store(db_url)
+    now = dt.datetime.now(dt.UTC)
+    request = DriftReportRequest.model_validate(
+        {"policy": "p", "window": {"from": (now - dt.timedelta(hours=1)).isoformat(), "to": now.isoformat()}}
+    )
+    drift.create_report("d-acme", request, "api", "acme")
+    drift.create_report("d-default", request, "schedule")
+    assert drift.report("d-acme", tenant="globex") is None and drift.report("d-acme", tenant="acme")
+    assert [r.id for r in drift.reports(tenant="acme")] == ["d-acme"]
+    assert {r.id for r in drift.reports()} == {"d-acme", "d-default"}
+
+    keys = key_store(db_url)
+    tenant = keys.save_tenant("acme", {"policies": ["p"], "max_active_jobs": 3})
+    assert tenant.policies == ["p"] and tenant.rate_per_min is None and tenant.created_at.tzinfo
+    assert keys.save_tenant("acme", {"policies": None}).policies is None
+    key = keys.create_key(key_id="k" * 16, tenant="globex", role="app", secret_hash="scrypt$x")
+    assert keys.tenant("globex") is not None  # created with its first key
+    found = keys.key("k" * 16)
+    assert found is not None and found[0].id == key.id and found[1].name == "globex"
+    assert keys.revoke("k" * 16, tenant="acme") is None and keys.revoke("k" * 16) is not None

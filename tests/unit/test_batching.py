@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from evaluators.errors import Overloaded
+from evaluators.errors import Overloaded, TimedOut
 from service.batching import MicroBatcher
 
 
@@ -93,13 +93,13 @@ def test_runner_error_reaches_every_caller(executor: ThreadPoolExecutor) -> None
     assert all(isinstance(r, ValueError) for r in results)
 
 
-def test_timeout_is_overloaded_and_batcher_keeps_serving(executor: ThreadPoolExecutor) -> None:
+def test_timeout_is_timed_out_and_batcher_keeps_serving(executor: ThreadPoolExecutor) -> None:
     runner = RecordingRunner(delay_s=0.3)
 
     async def main() -> int:
         batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, timeout_s=0.05)
         try:
-            with pytest.raises(Overloaded):
+            with pytest.raises(TimedOut):
                 await batcher.submit("k", 1)
             batcher._timeout_s = 5.0
             return await batcher.submit("k", 2)
