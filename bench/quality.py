@@ -221,7 +221,13 @@ def print_toxicity(res: dict[str, Any]) -> None:
                 else "-"
             )
         print(f"{key:48} {first['n']:>5} {first['pos']:>5}  " + "  ".join(f"{c:>34}" for c in cells))
-    print("\n## toxicity: held-out template families (accuracy; hateful families: recall of hate)")
+    # A case counts as right when every label its family expects (e.g. hate and threat for
+    # threats at a group) is on the expected side of its threshold, so a hateful family's
+    # figure is stricter than the build's recall of the hate label alone.
+    print(
+        "\n## toxicity: held-out template families (share of cases with every expected label right;"
+        " for hateful families, recall over all their expected labels)"
+    )
     print(f"{'family':24} {'kind':>9} {'n':>4}  " + "  ".join(f"{e:>30}" for e in engines))
     for name, fam in sorted(res["families"].items(), key=lambda kv: (not kv[1]["hateful"], kv[0])):
         kind = "hateful" if fam["hateful"] else "non-hate"
