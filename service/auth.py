@@ -26,7 +26,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from litestar import Request
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 Role = Literal["app", "auditor", "admin"]
 ROLES: tuple[Role, ...] = ("app", "auditor", "admin")
 RouteRole = Role | Literal["any"]
+
+KEY_CHECKS = Limit(rate_per_min=120, burst=30)
+"""Keys checked against the store per client address (a key is checked once per auth_cache_s)."""
 
 PUBLIC: dict[str, Any] = {"public": True}
 """The ``opt`` of routes anyone may call: health, readiness, metrics."""
@@ -193,7 +196,10 @@ class Authenticator:
         self._settings = settings
         self._cache: dict[str, tuple[Principal, float]] = {}
 
-    async def principal(self, token: str | None) -> Principal:
+    async def principal(
+        self, token: str | None, before_check: Callable[[], Awaitable[None]] | None = None
+    ) -> Principal:
+        """The key's principal; ``before_check`` runs before a store read and scrypt (not on a cache hit)."""
         if not token:
             raise Unauthenticated("send an API key: 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
         # The cache is keyed by a hash of the whole key, so a wrong secret never hits a cached entry.
@@ -204,6 +210,8 @@ class Authenticator:
         parsed = parse_key(token)
         if parsed is None:
             raise Unauthenticated("the API key is not valid")
+        if before_check is not None:
+            await before_check()
         principal = await asyncio.to_thread(self._verify, *parsed)
         if self._settings.auth_cache_s > 0:
             if len(self._cache) > 10_000:
@@ -251,7 +259,18 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     if app.settings.auth == "off":
         principal = anonymous()
     else:
-        principal = await app.auth.principal(key_from_headers(connection.headers))
+        client = connection.client.host if connection.client else "unknown"
+
+        async def throttle_checks() -> None:
+            # Each uncached check costs a store read and ~0.1 s of scrypt: bound them per address,
+            # so a flood of made-up keys cannot take the CPU (cached keys never come here).
+            wait = await app.limiter.hit(f"verify:{client}", KEY_CHECKS)
+            if wait is not None:
+                raise RateLimited(
+                    "too many API key checks from this address", retry_after_s=retry_after_s(wait)
+                )
+
+        principal = await app.auth.principal(key_from_headers(connection.headers), throttle_checks)
     if principal.key_id is not None and principal.rate_per_min > 0:
         limit = Limit(principal.rate_per_min, principal.burst)
         wait = await app.limiter.hit(principal.key_id, limit)

@@ -62,7 +62,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             route = scope.get("path_template") or "(unrouted)"
-            log.info("%s %s %d %.1f ms", scope.get("method"), route, status, elapsed_ms)
+            # Who asked (service/auth.py leaves the caller in the connection's state): a key id, never a key.
+            caller: Any = (scope.get("state") or {}).get("principal")
+            key_id = getattr(caller, "key_id", None)
+            who = f" key={key_id} tenant={caller.tenant}" if key_id else ""
+            log.info("%s %s %d %.1f ms%s", scope.get("method"), route, status, elapsed_ms, who)
             request_id.reset(token)
 
     return middleware

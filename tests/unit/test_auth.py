@@ -193,7 +193,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dic
     ks.save_tenant("slow", {"rate_per_min": 6, "burst": 2})
     tokens["slow"] = issue_key(ks, "slow", "admin")[1]
     tokens["other"] = issue_key(ks, "globex", "admin")[1]
-    app = create_app(ServiceSettings(auth="required", embedded_worker=False, auth_cache_s=0))
+    app = create_app(ServiceSettings(auth="required", embedded_worker=False, auth_cache_s=60))
     client = TestClient(app=app)
     with evaluator_settings.override(policies), worker_settings.override(store):
         client.__enter__()
@@ -316,3 +316,18 @@ def test_admin_keys_manage_keys_of_their_tenant(secured: tuple[Any, dict[str, st
     assert client.get("/v1/keys", headers=other).json()["keys"][0]["tenant"] == "globex"
     _problem(client.delete(f"/v1/keys/{listed[0]['id']}", headers=other), 404, "not-found")
     assert client.get("/v1/policies", headers=admin).status_code == 200
+
+
+def test_uncached_key_checks_are_bounded_per_address(secured: tuple[Any, dict[str, str]]) -> None:
+    """Made-up keys cost a store read (and a real id with a wrong secret, scrypt): at most a burst of 30."""
+    client, tokens = secured
+    statuses = [
+        client.get("/v1/policies", headers={"X-API-Key": f"assay_{i:016x}_{'0' * 64}"}).status_code
+        for i in range(40)
+    ]
+    assert statuses[:10] == [401] * 10 and statuses[-1] == 429
+    r = client.get("/v1/policies", headers={"X-API-Key": "assay_" + "f" * 16 + "_" + "0" * 64})
+    _problem(r, 429, "rate-limited")
+    assert int(r.headers["retry-after"]) >= 1
+    # A key this process has already checked is served from the cache, throttle or not.
+    assert client.get("/v1/policies", headers={"X-API-Key": tokens["admin"]}).status_code == 200
