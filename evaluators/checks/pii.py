@@ -1,8 +1,9 @@
 """PII check: Presidio's analyzer on a local spaCy model, spans on the original text.
 
-The check scores ``item.text`` (the normalised view: invisible characters
-removed, full-width digits folded) so an email split by a zero-width space is still
-an email, and maps every span back to the original through
+The check scores the PII view of ``item.text`` (``pii_view``: the normalised text,
+invisible characters removed and full-width digits folded, with the evasions
+aimed at personal data undone) so an email split by a zero-width space is still
+an email, and maps every span back to the original through the view and
 ``normalized.to_original`` so redaction covers the invisible characters too.
 
 Which recognizers a config needs, and loading spaCy and Presidio without
@@ -34,6 +35,7 @@ from evaluators.checks.pii_engine import (
     resolve_ner_folder,
 )
 from evaluators.checks.pii_recognizers import NER_ENTITIES, NER_RECOGNIZER
+from evaluators.checks.pii_view import PiiView, pii_view
 from evaluators.errors import CheckFailed
 from evaluators.findings import Action, Finding, Span
 from evaluators.models import shared_model
@@ -263,6 +265,8 @@ class PiiCheck(CheckBase):
     """Presidio on spaCy; one finding per detected entity, spans on the original text."""
 
     name: ClassVar[str] = "pii"
+    # ner-minilm reads 128 word pieces (about 500 characters); longer texts come in windows.
+    window_chars: ClassVar[int | None] = 500
     config: PiiConfig
 
     def __init__(self, config: PiiConfig) -> None:
@@ -302,12 +306,15 @@ class PiiCheck(CheckBase):
         todo = [i for i, item in enumerate(batch) if item.text.strip()]
         if not todo:
             return out
+        # Recognizers read the PII view: evasions aimed at them (reversed runs, marks on digits,
+        # letters for digits, spaced digits, spelled-out emails) undone, spans kept.
+        views = {i: pii_view(batch[i].normalized) for i in todo}
         try:
-            analysed = self._analyze([batch[i].text for i in todo])
+            analysed = self._analyze([views[i].text for i in todo])
         except Exception as exc:
             raise CheckFailed(f"presidio analysis failed: {type(exc).__name__}: {exc}") from exc
         for i, results in zip(todo, analysed, strict=True):
-            out[i] = self._findings(batch[i], results)
+            out[i] = self._findings(batch[i], views[i], results)
         return out
 
     def _analyze(self, texts: list[str]) -> list[list[Any]]:
@@ -338,9 +345,9 @@ class PiiCheck(CheckBase):
                 rec.release()
         return results
 
-    def _findings(self, item: CheckInput, results: Sequence[Any]) -> list[Finding]:
+    def _findings(self, item: CheckInput, view: PiiView, results: Sequence[Any]) -> list[Finding]:
         rules = self.config.entities
-        text = item.text
+        text = view.text
         candidates = []
         for r in results:
             rule = rules.get(r.entity_type)
@@ -371,7 +378,7 @@ class PiiCheck(CheckBase):
                     triggered=c.triggered,
                     action=rule.action,
                     engine=self.engine,
-                    span=Span(*item.normalized.to_original(c.start, c.end)),
+                    span=Span(*item.normalized.to_original(*view.to_normalized(c.start, c.end))),
                     detail={"redact_with": rule.redact_with, "recognizer": c.recognizer},
                 )
             )
