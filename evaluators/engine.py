@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from evaluators import windows
 from evaluators.checks.base import Check, CheckInput
 from evaluators.contracts.drift import DriftScore
 from evaluators.errors import ModelMissingError, PolicyError, Problem
@@ -152,6 +153,33 @@ class PolicyEngine:
             out.extend(PolicyEngine._run_check(bound, [item]))
         return out
 
+    @staticmethod
+    def _run_windowed(bound: _BoundCheck, inputs: list[CheckInput]) -> list[list[Finding] | CheckError]:
+        """Run one check, giving it texts longer than it reads as overlapping windows (one batch).
+
+        The windows' findings are merged back per text, spans in the whole text's
+        offsets; a window that cannot be checked fails its whole text (``on_error``).
+        """
+        size: int | None = getattr(bound.check, "window_chars", None)
+        if size is None or all(len(it.original) <= size for it in inputs):
+            return PolicyEngine._run_check(bound, inputs)
+        pieces: list[CheckInput] = []
+        owners: list[tuple[int, int]] = []
+        for i, item in enumerate(inputs):
+            for offset, window in windows.split(item.original, size):
+                piece = item if offset == 0 and len(window) == len(item.original) else None
+                pieces.append(piece or replace(item, normalized=normalize(window)))
+                owners.append((i, offset))
+        outcomes = PolicyEngine._run_check(bound, pieces)
+        parts: list[list[tuple[int, list[Finding]]]] = [[] for _ in inputs]
+        failed: dict[int, CheckError] = {}
+        for (i, offset), outcome in zip(owners, outcomes, strict=True):
+            if isinstance(outcome, CheckError):
+                failed.setdefault(i, outcome)
+            else:
+                parts[i].append((offset, outcome))
+        return [failed[i] if i in failed else windows.merge(parts[i]) for i in range(len(inputs))]
+
     def configs(self, stage: Stage) -> list[Any]:
         """The enabled check configs of ``stage``, in order."""
         return [b.config for b in self._stages[stage]]
@@ -185,7 +213,7 @@ class PolicyEngine:
         batch_evaluated(self.loaded.name, stage, n)
         for bound in self._stages[stage]:
             started = time.perf_counter()
-            per_item = self._run_check(bound, inputs)
+            per_item = self._run_windowed(bound, inputs)
             for i, outcome in enumerate(per_item):
                 if isinstance(outcome, CheckError):
                     errors[i].append(outcome)

@@ -57,6 +57,9 @@ class CheckBase:
     """Shared plumbing for concrete checks: the config and a load-once guard."""
 
     name: ClassVar[str]
+    window_chars: ClassVar[int | None] = None
+    """Longest text the check's model reads whole; the engine hands longer ones over in
+    overlapping windows (``evaluators/windows.py``). None: whole texts, whatever their length."""
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -355,6 +355,9 @@ class ToxicityCheck(CheckBase):
     """Scores each text with the enabled tiers; one finding per label per engine."""
 
     name: ClassVar[str] = "toxicity"
+    # The classifier reads 256 tokens, and one threat in 900 harmless characters scores 0.42 read whole
+    # (0.97 in a 400-character window): longer texts come in paragraph-sized windows.
+    window_chars: ClassVar[int | None] = 400
     config: ToxicityConfig
 
     def __init__(self, config: ToxicityConfig) -> None:
