@@ -331,3 +331,14 @@ def test_uncached_key_checks_are_bounded_per_address(secured: tuple[Any, dict[st
     assert int(r.headers["retry-after"]) >= 1
     # A key this process has already checked is served from the cache, throttle or not.
     assert client.get("/v1/policies", headers={"X-API-Key": tokens["admin"]}).status_code == 200
+
+
+def test_auth_off_is_said_at_startup(caplog: pytest.LogCaptureFixture) -> None:
+    from service.app import log_auth_mode
+
+    with caplog.at_level("INFO", logger="service.app"):
+        log_auth_mode(ServiceSettings())
+        log_auth_mode(ServiceSettings(auth="required"))
+    off, on = caplog.records[-2:]
+    assert off.levelname == "WARNING" and "authentication is OFF" in off.getMessage()
+    assert "ASSAY_AUTH=required" in off.getMessage() and "required" in on.getMessage()

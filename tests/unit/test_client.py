@@ -149,3 +149,28 @@ def test_no_retries_when_told_so() -> None:
         with pytest.raises(RateLimited):
             assay.moderate("hi")
     assert len(seen) == 1 and seen[0].url.path == "/v1/moderate"
+
+
+def test_the_api_key_is_sent_as_a_bearer_token_and_401_403_504_are_typed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from assay.errors import Forbidden, GatewayTimeout, Unauthorized
+
+    seen, transport = scripted(
+        httpx.Response(200, json=POLICIES),
+        problem(401, "unauthenticated", **{"www-authenticate": "Bearer"}),
+        problem(403, "forbidden"),
+        problem(504, "timeout"),
+        httpx.Response(200, json=POLICIES),
+    )
+    with Client("http://assay.test", retry=FAST, transport=transport, api_key="assay_k") as assay:
+        assay.policies()
+        for cls in (Unauthorized, Forbidden, GatewayTimeout):
+            with pytest.raises(cls):
+                assay.policies()
+    assert all(r.headers["authorization"] == "Bearer assay_k" for r in seen[:4])
+    assert len(seen) == 4  # 401, 403 and 504 are not retried
+    monkeypatch.setenv("ASSAY_API_KEY", "assay_env")
+    with Client("http://assay.test", retry=FAST, transport=transport) as assay:
+        assay.policies()
+    assert seen[-1].headers["authorization"] == "Bearer assay_env"
