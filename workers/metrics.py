@@ -83,10 +83,11 @@ class _ProcessCollector(Collector):
             stats = runtime.recorder.stats()
             events = CounterMetricFamily(
                 "assay_drift_events",
-                "Drift events of this process: recorded, acknowledged (durable), dropped, failed.",
+                "Drift events of this process: recorded, acknowledged (durable), dropped, failed, "
+                "and unembedded (written without the embedding the encoder could not make).",
                 labels=["outcome"],
             )
-            for outcome in ("recorded", "acknowledged", "dropped", "failed"):
+            for outcome in ("recorded", "acknowledged", "dropped", "failed", "unembedded"):
                 events.add_metric([outcome], float(getattr(stats, outcome)))
             yield events
         torch = sys.modules.get("torch")  # never imported just to be measured

@@ -78,7 +78,8 @@ class DriftScore(Contract):
     novelty: float | None = Field(
         default=None,
         description="Percentile (0-100) of the embedding's distance to its nearest baseline neighbours "
-        "among the baseline items' own distances; null when there is no filtered text (blocked).",
+        "among the baseline items' own distances; null when there is no filtered text (blocked) "
+        "or the policy embeds after the reply (drift.embed_inline off, the default).",
     )
     distance: float | None = Field(
         default=None, description="Mean cosine distance to the nearest baseline neighbours."

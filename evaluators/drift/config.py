@@ -42,6 +42,22 @@ class DriftPolicy(Strict):
             "off: scores, mixes and lengths only, at microseconds per text."
         ),
     )
+    embed_inline: bool | None = Field(
+        default=None,
+        description=(
+            "true: embed on the request path, so each result carries its novelty score (one MiniLM "
+            "pass, about 12 ms per text on 2 CPU cores); false: the recorder's background thread "
+            "embeds in batches after the reply, so baselines and reports still get embeddings and a "
+            "result's novelty is null with a detail that says why; null (default): inline for "
+            "generation jobs and audits, where one pass is small beside decoding, and after the reply "
+            "for /v1/moderate calls, which must be fast."
+        ),
+    )
+
+    def inline_for(self, source: str) -> bool:
+        """Whether a text from ``source`` (moderation, generation, audit) is embedded inline."""
+        return self.embed_inline if self.embed_inline is not None else source != "moderation"
+
     baseline: str | None = Field(
         default=None,
         description="Name of the stored baseline results are scored against; default the newest one.",

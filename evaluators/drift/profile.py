@@ -77,6 +77,7 @@ class BaselineProfile:
         scores: Mapping[str, float],
         vector: np.ndarray | None,
         policy: DriftPolicy,
+        no_vector: str = "no filtered text to embed (blocked)",
     ) -> DriftScore:
         profile = self.stages.get(stage)
         if profile is None or profile.n == 0:
@@ -97,7 +98,7 @@ class BaselineProfile:
             distance=distance,
             scores=percentiles,
             unusual=None if novelty is None else novelty >= policy.novelty_percentile,
-            detail=None if vector is not None else "no filtered text to embed (blocked)",
+            detail=None if vector is not None else no_vector,
         )
 
 

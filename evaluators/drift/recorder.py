@@ -7,6 +7,11 @@ write, one transaction per batch). An event is acknowledged when its batch's
 transaction has committed; ``flush`` waits for that, so an acknowledged event
 survives the process. A failing sink is retried with backoff; a batch that
 still fails is counted as failed, never retried forever.
+
+Events may come with their filtered text still to embed (the policy's
+``drift.embed_inline`` off, the default): the thread embeds them in chunks just
+before the write, so the MiniLM pass is off the request path and amortised over
+a batch. The text lives only in this buffer; the store gets the vector.
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from evaluators.contracts.drift import DriftEvent
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Sequence[DriftEvent]], None]
 """Persists a batch durably (one transaction) or raises."""
+Embed = Callable[[Sequence[str]], np.ndarray]
+"""Reduced embeddings of texts, one row each."""
+EMBED_CHUNK = 32
+"""Texts per encoder call: large enough to amortise, small enough not to hold a core for long."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class RecorderStats:
     """Events refused because the buffer was full."""
     failed: int
     """Events whose batch the sink could not write after retries."""
+    unembedded: int
+    """Events written without the embedding they were queued for, because the encoder failed."""
     pending: int
     """Events in the buffer or in the batch being written."""
     batches: int
@@ -60,6 +73,7 @@ class DriftRecorder:
         retries: int = 3,
         backoff_s: float = 0.2,
         name: str = "assay-drift-recorder",
+        embed: Embed | None = None,
     ) -> None:
         if capacity < 1 or batch < 1:
             raise ValueError("capacity and batch must be positive")
@@ -69,24 +83,34 @@ class DriftRecorder:
         self.interval_s = interval_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._buffer: deque[DriftEvent] = deque()
+        self.embed = embed
+        """Encoder for events queued with a text; ``DriftRuntime`` supplies its own when this is None."""
+        self._buffer: deque[tuple[DriftEvent, str | None]] = deque()
         self._cond = threading.Condition()
         self._recorded = self._acked = self._dropped = self._failed = self._batches = 0
+        self._unembedded = 0
         self._in_flight = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def record(self, events: Sequence[DriftEvent]) -> int:
-        """Queue ``events``; returns how many were accepted (the rest are dropped and counted)."""
+    def record(self, events: Sequence[DriftEvent], texts: Sequence[str | None] | None = None) -> int:
+        """Queue ``events``; returns how many were accepted (the rest are dropped and counted).
+
+        ``texts``, one per event, are embedded by the writer thread into events that have
+        no embedding yet (None: nothing to embed).
+        """
         if not events:
             return 0
+        if texts is not None and len(texts) != len(events):
+            raise ValueError("texts must match events one to one")
+        pending = list(zip(events, texts if texts is not None else [None] * len(events), strict=True))
         with self._cond:
             if self._closed:
                 self._dropped += len(events)
                 return 0
             room = self.capacity - len(self._buffer) - self._in_flight
-            accepted = events if len(events) <= room else events[: max(0, room)]
+            accepted = pending if len(pending) <= room else pending[: max(0, room)]
             self._buffer.extend(accepted)
             self._recorded += len(accepted)
             self._dropped += len(events) - len(accepted)
@@ -115,6 +139,7 @@ class DriftRecorder:
                 acknowledged=self._acked,
                 dropped=self._dropped,
                 failed=self._failed,
+                unembedded=self._unembedded,
                 pending=len(self._buffer) + self._in_flight,
                 batches=self._batches,
                 capacity=self.capacity,
@@ -143,8 +168,9 @@ class DriftRecorder:
                         return
                     continue
                 take = min(self.batch, len(self._buffer))
-                batch = [self._buffer.popleft() for _ in range(take)]
+                queued = [self._buffer.popleft() for _ in range(take)]
                 self._in_flight = take
+            batch = self._embedded(queued)
             ok = self._write(batch)
             with self._cond:
                 self._in_flight = 0
@@ -154,6 +180,29 @@ class DriftRecorder:
                 else:
                     self._failed += len(batch)
                 self._cond.notify_all()
+
+    def _embedded(self, queued: list[tuple[DriftEvent, str | None]]) -> list[DriftEvent]:
+        """The events, with the queued texts embedded; an encoder failure leaves them without."""
+        todo = [i for i, (e, t) in enumerate(queued) if t is not None and e.embedding is None]
+        events = [e for e, _ in queued]
+        if not todo:
+            return events
+        if self.embed is None:
+            with self._cond:
+                self._unembedded += len(todo)
+            return events
+        for start in range(0, len(todo), EMBED_CHUNK):
+            chunk = todo[start : start + EMBED_CHUNK]
+            try:
+                rows = self.embed([queued[i][1] or "" for i in chunk])
+            except Exception as exc:  # drift is an observer: the event is still written
+                log.warning("drift: %d events not embedded: %s", len(chunk), type(exc).__name__)
+                with self._cond:
+                    self._unembedded += len(chunk)
+                continue
+            for i, row in zip(chunk, rows, strict=True):
+                events[i] = events[i].model_copy(update={"embedding": tuple(float(x) for x in row)})
+        return events
 
     def _write(self, batch: list[DriftEvent]) -> bool:
         for attempt in range(self.retries + 1):

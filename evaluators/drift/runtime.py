@@ -1,13 +1,15 @@
 """Drift on the guarded path: each checked text becomes an event, and its result gets a ``drift`` score.
 
 ``DriftRuntime.observe`` is called where the checks ran (the API's inference
-thread, a worker's pipeline), never on an event loop. Per batch it embeds the
-filtered texts once (MiniLM, reduced), hands the events to the recorder (which
-only appends to a buffer) and scores each item against the policy's current
-baseline profile, which ``ProfileCache`` keeps in memory and reloads in the
-background. Drift never fails a request: if embedding or the baseline cannot
-be had, the event is recorded without an embedding and the result says
-``unavailable`` with the reason.
+thread, a worker's pipeline), never on an event loop. It hands the events to the
+recorder (which only appends to a buffer) and scores each item against the
+policy's current baseline profile, which ``ProfileCache`` keeps in memory and
+reloads in the background. The filtered texts are embedded (MiniLM, reduced)
+once per batch: here for generation jobs and audits, so their results carry
+novelty, and by the recorder's thread after the reply for /v1/moderate calls
+(the policy's ``drift.embed_inline`` overrides both). Drift never fails a
+request: if embedding or the baseline cannot be had, the event is recorded
+without an embedding and the result says ``unavailable`` with the reason.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class DriftRuntime:
         self.recorder = recorder
         self.profiles = profiles
         self._embed = embed or embedding.embed
+        if recorder is not None and recorder.embed is None:
+            recorder.embed = self._embed  # one encoder for the inline and the deferred path
 
     def observe(self, lp: LoadedPolicy, items: Sequence[Observation]) -> list[DriftScore]:
         """Record one event per item and return each item's drift score, in order."""
@@ -157,10 +161,18 @@ class DriftRuntime:
         if not config.enabled:
             detail = f"drift is turned off in policy {lp.name!r}"
             return [DriftScore(status=DriftStatus.DISABLED, stage=o.stage, detail=detail) for o in items]
-        if config.embed:
-            vectors, embed_error = self._vectors(items)
+        inline = [config.embed and config.inline_for(o.source) for o in items]
+        vectors, embed_error = self._vectors([o if i else None for o, i in zip(items, inline, strict=True)])
+        # Texts not embedded here go to the recorder, whose thread embeds them after the reply.
+        deferred = [o.text if config.embed and not i else None for o, i in zip(items, inline, strict=True)]
+        if not config.embed:
+            later: str | None = f"embeddings are off in policy {lp.name!r}"
         else:
-            vectors, embed_error = [None] * len(items), f"embeddings are off in policy {lp.name!r}"
+            later = (
+                f"novelty is not scored on the request path (policy {lp.name!r}: drift.embed_inline); "
+                "the text is embedded for reports after the reply"
+            )
+        reasons = [embed_error if i else later for i in inline]
         now = dt.datetime.now(dt.UTC)
         events = [
             DriftEvent(
@@ -180,11 +192,12 @@ class DriftRuntime:
             for o, v in zip(items, vectors, strict=True)
         ]
         if self.recorder is not None:
-            self.recorder.record(events)
-        return [self._score(lp, o, v, embed_error) for o, v in zip(items, vectors, strict=True)]
+            self.recorder.record(events, deferred)
+        return [self._score(lp, o, v, r) for o, v, r in zip(items, vectors, reasons, strict=True)]
 
-    def _vectors(self, items: Sequence[Observation]) -> tuple[list[np.ndarray | None], str | None]:
-        texts = [o.text for o in items if o.text is not None]
+    def _vectors(self, items: Sequence[Observation | None]) -> tuple[list[np.ndarray | None], str | None]:
+        """Embeddings of the items' texts in one pass (None for a None item or a blocked text)."""
+        texts = [o.text for o in items if o is not None and o.text is not None]
         if not texts:
             return [None] * len(items), None
         try:
@@ -192,10 +205,10 @@ class DriftRuntime:
         except Exception as exc:
             log.warning("drift: embedding failed: %s", type(exc).__name__)
             return [None] * len(items), f"the text could not be embedded ({type(exc).__name__})"
-        return [None if o.text is None else next(rows) for o in items], None
+        return [None if o is None or o.text is None else next(rows) for o in items], None
 
     def _score(
-        self, lp: LoadedPolicy, o: Observation, vector: np.ndarray | None, embed_error: str | None
+        self, lp: LoadedPolicy, o: Observation, vector: np.ndarray | None, no_vector: str | None
     ) -> DriftScore:
         profile = self.profiles.get(lp, o.model)
         if isinstance(profile, Unavailable):
@@ -206,10 +219,9 @@ class DriftRuntime:
                 stage=o.stage,
                 detail=f"policy {lp.name!r} has no drift baseline yet (POST /v1/drift/baselines makes one)",
             )
-        score = profile.score(o.stage, o.scores, vector, lp.policy.drift)
-        if embed_error is not None and o.text is not None and score.status is DriftStatus.SCORED:
-            return score.model_copy(update={"detail": embed_error})
-        return score
+        if o.text is None or no_vector is None:
+            return profile.score(o.stage, o.scores, vector, lp.policy.drift)
+        return profile.score(o.stage, o.scores, vector, lp.policy.drift, no_vector=no_vector)
 
     def warm_up(self, policies: Iterable[LoadedPolicy], model: str = "") -> None:
         """Load the encoder and the policies' baseline profiles now, so the first request does not."""

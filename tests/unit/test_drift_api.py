@@ -60,8 +60,32 @@ def test_results_are_scored_once_the_policy_has_a_baseline(api_client: Any) -> N
     # Other tests moderate under this policy in the same hour's buckets: the bounds are loose.
     assert odd["novelty"] >= 90 and odd["novelty"] - usual["novelty"] >= 40
     assert odd["unusual"] is (odd["novelty"] >= 99) and usual["unusual"] is False
-    listed = api_client.get("/v1/drift/baselines", params={"policy": "grounded"}).json()["baselines"]
-    assert [b["name"] for b in listed] == ["support"]
+
+
+def test_moderation_under_a_deferred_policy_embeds_in_the_recorder_thread(
+    api_client: Any, monkeypatch: Any
+) -> None:
+    # `default` leaves drift.embed_inline unset: /v1/moderate replies without the MiniLM
+    # pass, and the recorder's thread embeds the texts before they are written.
+    import threading
+
+    lp = api_client.app.state.assay.policies.get("default")
+    assert lp.policy.drift.embed_inline is None and not lp.policy.drift.inline_for("moderation")
+    recorder = api_client.app.state.assay.drift.recorder
+    encoder, seen = recorder.embed, []
+
+    def spy(texts: Any) -> Any:
+        seen.append((threading.current_thread().name, len(texts)))
+        return encoder(texts)
+
+    monkeypatch.setattr(recorder, "embed", spy)
+    unembedded = recorder.stats().unembedded
+    r = api_client.post("/v1/moderate/batch", json={"texts": TEXTS, "policy": "default"})
+    assert r.status_code == 200, r.text
+    assert all(res["drift"]["novelty"] is None for res in r.json()["results"])
+    _recorded(api_client)
+    assert {name for name, _ in seen} == {"assay-drift-recorder"} and sum(n for _, n in seen) == len(TEXTS)
+    assert recorder.stats().unembedded == unembedded
 
 
 def test_baseline_and_report_requests_get_problem_details(api_client: Any) -> None:

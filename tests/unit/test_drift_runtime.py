@@ -23,7 +23,7 @@ T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 POOL = random_pool(80, seed=2)
 
 
-def _policy(drift: str = "{}") -> LoadedPolicy:
+def _policy(drift: str = "{embed_inline: true}") -> LoadedPolicy:
     return parse_policy(f"name: p\nversion: '1'\ndrift: {drift}\n", "p.yaml")
 
 
@@ -96,6 +96,33 @@ def test_each_text_is_recorded_and_scored() -> None:
         and blocked.scores["toxicity.insult"] > 95
         and "pii.PERSON" not in blocked.scores
     )
+    runtime.close()
+
+
+def test_by_default_the_recorder_embeds_after_the_reply() -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def encoder(texts: Sequence[str]) -> np.ndarray:
+        calls.append((threading.current_thread().name, list(texts)))
+        return POOL[: len(texts)]
+
+    runtime, sink = _runtime(encoder)
+    first, blocked = runtime.observe(_policy("{}"), [_item("a"), _item(None, insult=0.95)])
+    # Scored from the score percentiles at once; novelty waits for the recorder.
+    assert first.status is DriftStatus.SCORED and first.novelty is None and first.scores
+    assert "embed_inline" in str(first.detail) and "blocked" in str(blocked.detail)
+    assert runtime.flush(10)
+    assert calls == [("assay-drift-recorder", ["a"])]  # the writer thread, only the filtered text
+    assert [e.embedding is not None for e in sink.events] == [True, False]
+    assert sink.events[0].embedding == tuple(float(x) for x in POOL[0])
+    runtime.close()
+
+
+def test_a_deferred_encoder_failure_still_writes_the_event_and_counts_it() -> None:
+    runtime, sink = _runtime(_broken_encoder)
+    runtime.observe(_policy("{}"), [_item("a"), _item("b")])
+    assert runtime.flush(10) and [e.embedding for e in sink.events] == [None, None]
+    assert runtime.recorder is not None and runtime.recorder.stats().unembedded == 2
     runtime.close()
 
 

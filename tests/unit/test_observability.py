@@ -83,7 +83,7 @@ def test_responses_carry_x_request_id_and_metrics_scrape(api_client: Any) -> Non
     batch_counts = [s for s in samples if s.name == "assay_check_batch_size_count"]
     assert sum(s.value for s in batch_counts if s.labels["policy"] == "default") >= 1
     drift = {s.labels["outcome"] for s in samples if s.name == "assay_drift_events_total"}
-    assert drift == {"recorded", "acknowledged", "dropped", "failed"}
+    assert drift == {"recorded", "acknowledged", "dropped", "failed", "unembedded"}
     loads = [s for s in samples if s.name == "assay_model_load_seconds"]
     assert loads and all(s.value >= 0 for s in loads)
     depth = {s.labels["queue"] for s in samples if s.name == "assay_queue_depth"}
