@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.assay-installed
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+LLAMA_CPP_VERSION ?= 0.3.36
 
-.PHONY: run test setup build-models lint typecheck check bench clean
+.PHONY: run test setup build-models lint typecheck check bench clean bench-llama-env
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# The llama.cpp reference of bench/generate.py, in the benchmark's own environment (never
+# the project's): llama-cpp-python builds from source, ~4 min on 2 cores; a native build
+# crashes on some CPUs, hence the portable AVX2 flags.
+BENCH_LLAMA := .cache/bench-llama
+bench-llama-env: $(BENCH_LLAMA)/.built
+$(BENCH_LLAMA)/.built:
+	$(PYTHON) -m venv $(BENCH_LLAMA)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" $(BENCH_LLAMA)/bin/pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

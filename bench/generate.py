@@ -1,12 +1,19 @@
-"""Benchmark generation jobs through the queue against the naive loop, in one run.
+"""Benchmark generation jobs through the queue against the naive loop and llama.cpp, in one run.
 
 Assay's way: HTTP API -> Redis -> one Celery worker process (threads pool),
-whose concurrent jobs share batched decoding. The naive way: a loop calling
-``model.generate`` once per prompt, model loaded once, in this process.
-Both generate 64 new tokens per prompt with greedy decoding from the same
-converted SmolLM2; throughput counts the tokens actually generated.
+whose concurrent jobs share batched decoding, run twice: with continuous
+batching (the default: a job joins the running decode at the next step) and
+with gathered batches (``ASSAY_CONTINUOUS_BATCHING=false``: a batch decodes to
+its end). The naive way: a loop calling ``model.generate`` once per prompt,
+model loaded once, in this process. The reference a user would pick instead:
+llama-cpp-python on the same GGUF, one request at a time (``make
+bench-llama-env`` builds it once into .cache/bench-llama; skipped without it).
+All decode greedily up to ``--tokens`` new tokens; throughput counts the tokens
+actually generated. The mixed-length part sends 8 short jobs (8 tokens) alone,
+then again while 4 long jobs (256 tokens) decode, and compares the short jobs'
+latency.
 
-    .venv/bin/python bench/generate.py [--levels 1,8,16] [--tokens 64]
+    .venv/bin/python bench/generate.py [--levels 1,16] [--tokens 64]
 
 Needs Redis at 127.0.0.1:6379 or a redis-server binary (started on a free port).
 """
@@ -92,7 +99,21 @@ def naive(levels: list[int], tokens: int) -> dict[int, dict[str, float]]:
     return out
 
 
-def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, dict[str, float]]:
+LONG_PROMPT = "Write a long, detailed essay about the history of the printing press."
+
+
+def summary(latencies: list[float], generated: int, wall: float) -> dict[str, float]:
+    return {
+        "tokens_per_s": generated / wall,
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 0.99),
+        "tokens": generated,
+    }
+
+
+def through_queue(
+    levels: list[int], tokens: int, redis_url: str, extra_env: dict[str, str]
+) -> dict[str, dict[str, float]]:
     data = Path(tempfile.mkdtemp(prefix="assay-bench-gen-"))
     port = free_port()
     queue = f"bench-{os.getpid()}"
@@ -104,6 +125,7 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
         "ASSAY_DEFAULT_QUEUE": queue,
         "ASSAY_PORT": str(port),
         "ASSAY_LOG_LEVEL": "WARNING",
+        **extra_env,
     }
     worker = subprocess.Popen(
         worker_command([queue], concurrency=16, hostname=f"bench-{os.getpid()}@%h"),
@@ -126,10 +148,10 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
                 raise SystemExit("API not ready")
             time.sleep(0.5)
 
-        def job(prompt: str) -> tuple[float, int]:
+        def job(prompt: str, new_tokens: int = tokens) -> tuple[float, int]:
             t0 = time.perf_counter()
-            body = {"prompt": prompt, "params": {"temperature": 0, "max_new_tokens": tokens}}
-            r = httpx.post(base + "/v1/generations?wait=120", json=body, timeout=180)
+            body = {"prompt": prompt, "params": {"temperature": 0, "max_new_tokens": new_tokens}}
+            r = httpx.post(base + "/v1/generations?wait=300", json=body, timeout=400)
             r.raise_for_status()
             res = r.json()
             if res["status"] != "succeeded":
@@ -137,21 +159,15 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
             return time.perf_counter() - t0, int(res["result"]["usage"]["completion_tokens"])
 
         job(PROMPTS[0])  # warm-up: worker loads its models
-        out: dict[int, dict[str, float]] = {}
+        out: dict[str, dict[str, float]] = {}
         for n in levels:
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
             started = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(n) as pool:
                 results = list(pool.map(job, prompts))
             wall = time.perf_counter() - started
-            latencies = [r[0] for r in results]
-            generated = sum(r[1] for r in results)
-            out[n] = {
-                "tokens_per_s": generated / wall,
-                "p50_s": statistics.median(latencies),
-                "p99_s": percentile(latencies, 0.99),
-                "tokens": generated,
-            }
+            out[str(n)] = summary([r[0] for r in results], sum(r[1] for r in results), wall)
+        out["mixed"] = mixed(job)
         return out
     finally:
         for p in (api, worker):
@@ -159,34 +175,103 @@ def through_queue(levels: list[int], tokens: int, redis_url: str) -> dict[int, d
             p.wait(timeout=30)
 
 
+def mixed(job: Any) -> dict[str, float]:
+    """Short jobs' latency alone, then while long jobs decode."""
+    shorts = [PROMPTS[i % len(PROMPTS)] for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        alone = [r[0] for r in pool.map(lambda p: job(p, 8), shorts)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        longs = [pool.submit(job, LONG_PROMPT, 256) for _ in range(4)]
+        time.sleep(1.0)  # the long jobs are decoding when the short ones arrive
+        crowded = [r[0] for r in pool.map(lambda p: job(p, 8), shorts)]
+        long_results = [f.result() for f in longs]
+    return {
+        "short_p50_alone_s": statistics.median(alone),
+        "short_p99_alone_s": percentile(alone, 0.99),
+        "short_p50_with_long_s": statistics.median(crowded),
+        "short_p99_with_long_s": percentile(crowded, 0.99),
+        "long_p50_s": statistics.median(r[0] for r in long_results),
+        "long_tokens": sum(r[1] for r in long_results),
+    }
+
+
+def llama_reference(python: Path, levels: list[int], tokens: int) -> dict[str, dict[str, float]] | None:
+    """llama-cpp-python on the same GGUF, one request at a time; None without its environment."""
+    if not python.exists():
+        print(f"llama.cpp reference skipped: {python} missing (make bench-llama-env)", file=sys.stderr)
+        return None
+    from workers.generation import smollm2_gguf_path
+
+    out: dict[str, dict[str, float]] = {}
+    for n in levels:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+        job = {
+            "gguf": str(smollm2_gguf_path()),
+            "prompts": prompts,
+            "tokens": tokens,
+            "threads": os.cpu_count(),
+        }
+        done = subprocess.run(
+            [str(python), str(ROOT / "bench" / "llama_reference.py")],
+            input=json.dumps(job), capture_output=True, text=True, check=True, timeout=1800,
+        )  # fmt: skip
+        res = json.loads(done.stdout)
+        latencies = [r["at_s"] for r in res["results"]]
+        out[str(n)] = summary(latencies, sum(int(r["tokens"]) for r in res["results"]), res["wall_s"])
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levels", default="1,8,16")
+    parser.add_argument("--levels", default="1,16")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--llama-python", type=Path, default=ROOT / ".cache" / "bench-llama" / "bin" / "python"
+    )
+    parser.add_argument("--skip-gathered", action="store_true", help="only the continuous mode")
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     # Offline, before transformers loads here or in the processes started below.
     configure_process()
 
+    ways: dict[str, dict[str, dict[str, float]]] = {}
     with running_redis() as redis_url:
-        queued = through_queue(levels, args.tokens, redis_url)
-    loop = naive(levels, args.tokens)
-    print(f"{'jobs':>5} {'way':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'tokens':>7}")
-    report: dict[str, Any] = {}
-    for n in levels:
-        for name, res in (("naive", loop[n]), ("assay", queued[n])):
-            r = res
-            print(
-                f"{n:>5} {name:>7} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} {int(r['tokens']):>7}"
+        ways["continuous"] = through_queue(levels, args.tokens, redis_url, {})
+        if not args.skip_gathered:
+            ways["gathered"] = through_queue(
+                levels, args.tokens, redis_url, {"ASSAY_CONTINUOUS_BATCHING": "false"}
             )
-        ratio = queued[n]["tokens_per_s"] / loop[n]["tokens_per_s"]
-        print(f"{n:>5} {'ratio':>7} {ratio:>7.2f}x")
-        report[str(n)] = {"naive": loop[n], "assay": queued[n], "ratio": ratio}
+    ways["naive"] = {str(n): r for n, r in naive(levels, args.tokens).items()}
+    llama = llama_reference(args.llama_python, levels, args.tokens)
+    if llama is not None:
+        ways["llama.cpp"] = llama
+
+    print(
+        f"{'jobs':>5} {'way':>11} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'tokens':>7} {'vs naive':>9} {'vs llama':>9}"
+    )
+    for n in map(str, levels):
+        for name, res in ways.items():
+            r = res[n]
+            vs_naive = r["tokens_per_s"] / ways["naive"][n]["tokens_per_s"]
+            vs_llama = f"{r['tokens_per_s'] / llama[n]['tokens_per_s']:>8.2f}x" if llama else "-"
+            print(
+                f"{n:>5} {name:>11} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} "
+                f"{int(r['tokens']):>7} {vs_naive:>8.2f}x {vs_llama:>9}"
+            )
+    print("\nmixed lengths: 8 short jobs (8 tokens) alone, then while 4 long jobs (256 tokens) decode")
+    for name in ("continuous", "gathered"):
+        if name in ways:
+            m = ways[name]["mixed"]
+            print(
+                f"{name:>11}: short p50/p99 alone {m['short_p50_alone_s']:.2f}/{m['short_p99_alone_s']:.2f} s, "
+                f"with long {m['short_p50_with_long_s']:.2f}/{m['short_p99_with_long_s']:.2f} s; "
+                f"long p50 {m['long_p50_s']:.2f} s ({int(m['long_tokens'])} tokens)"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(ways, indent=2))
     return 0
 
 

@@ -51,6 +51,9 @@ class WorkerSettings(AssaySettings):
     max_batch_size: int = Field(default=16, ge=1)
     """Most generation rows in one batched forward pass (ASSAY_MAX_BATCH_SIZE)."""
 
+    continuous_batching: bool = True
+    """Jobs join the running decode at the next step; off: gathered batches (ASSAY_CONTINUOUS_BATCHING)."""
+
     batch_wait_ms: float = Field(default=10.0, ge=0)
     """How long the generator waits to gather concurrent jobs into a batch (ASSAY_BATCH_WAIT_MS)."""
 

@@ -19,8 +19,10 @@ import pytest
 from evaluators.contracts import SamplingParams
 from workers.generation import (
     BatchingGenerator,
+    ContinuousBatcher,
     DecodeRequest,
     Generator,
+    GeneratorOptions,
     ResolvedModel,
     resolve_model,
 )
@@ -198,3 +200,41 @@ def test_concurrent_submissions_share_one_call(smollm: Generator) -> None:
     assert front.calls == 1
     assert len(texts) == 4 and len(set(texts.values())) == 1  # same prompt, same greedy text
     assert "Paris" in texts[0]
+
+
+# Fixed prompts for the int8 gate: greedy outputs must match fp32 on 12 of 16.
+GATE_PROMPTS = [
+    "What is the capital of France?", "Write a short poem about autumn leaves.",
+    "Explain photosynthesis in one paragraph.", "Give three tips for a job interview.",
+    "What is 12 times 7?", "Translate 'good morning' into Spanish.", "Who wrote Romeo and Juliet?",
+    "Describe the water cycle.", "Name the planets of the solar system.", "How do I boil an egg?",
+    "What is a prime number?", "Summarise the plot of Cinderella.", "Why is the sky blue?",
+    "List four primary colours.", "What does a compiler do?", "Suggest a name for a pet cat.",
+]  # fmt: skip
+INT8_GATE = 12
+
+
+def test_int8_is_the_default_exactly_when_it_passes_the_greedy_gate(smollm: Generator) -> None:
+    requests = [DecodeRequest(prompt=p, params=greedy(32)) for p in GATE_PROMPTS]
+    int8 = Generator("smollm2", GeneratorOptions(quantize_int8=True), cache_dir=smollm.cache_dir).load()
+    assert int8.info()["optimizations"]["quantize_int8"].startswith("torch.ao")
+    same = sum(
+        a.text == b.text for a, b in zip(smollm.generate(requests), int8.generate(requests), strict=True)
+    )
+    # Turning int8 on by default needs the gate; a model that passes it should have it on.
+    assert GeneratorOptions().quantize_int8 is (same >= INT8_GATE), f"{same}/16 identical"
+
+
+def test_a_short_job_overtakes_a_long_one_on_the_real_model(smollm: Generator) -> None:
+    long = DecodeRequest(prompt="Describe the water cycle.", params=greedy(160), ignore_eos=True)
+    short = DecodeRequest(prompt=FRANCE, params=greedy(12))
+    alone = smollm.generate([short])[0].text
+    with ContinuousBatcher(smollm) as front:
+        first = front.submit(long)
+        deadline = time.monotonic() + 60
+        while front.steps < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        out = front.submit(short).result(timeout=120)
+        assert not first.done() and out.batch_rows == 2
+        assert first.result(timeout=120).completion_tokens == 160
+    assert out.text == alone and "Paris" in out.text

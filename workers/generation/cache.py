@@ -33,6 +33,6 @@ def front(generator: Generator) -> BatchingGenerator:
     A compiled decode step runs over a static KV cache of fixed shape, which
     rows cannot join mid-decode; it keeps the gathering front.
     """
-    if generator.continuous:
+    if generator.options.continuous_batching and generator.continuous:
         return ContinuousBatcher(generator)
     return BatchingGenerator(generator)

@@ -72,7 +72,7 @@ def load_model(model_id: str, options: GeneratorOptions, cache_dir: Path) -> Loa
             log.warning("quantize_int8 ignored on %s", device)
         else:
             model = _quantize_int8(model)
-            optimizations["quantize_int8"] = "torch.ao dynamic qint8 on nn.Linear"
+            optimizations["quantize_int8"] = "torch.ao dynamic qint8 on nn.Linear, per channel"
     loaded = prepare(resolved, model, tokenizer, device, dtype, optimizations, options)
     log.info(
         "generator %s loaded from %s on %s/%s in %.1f s",
@@ -182,7 +182,12 @@ def forward_last_logits(
 
 
 def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
-    """Dynamic int8 for every nn.Linear: int8 weights, activations quantized per call.
+    """Dynamic int8 for every nn.Linear: int8 weights per output channel, activations per call.
+
+    Per channel, because per-tensor scales measured worse on SmolLM2-135M: the
+    first three greedy words matched fp32 on 1 of 16 fixed prompts, against 6 of
+    16 per channel (which is also faster). Neither passes the default's gate (see
+    ``GeneratorOptions.quantize_int8``).
 
     torch.ao.quantization is deprecated (moving to torchao) but still works in
     torch 2.13; its deprecation warnings are silenced here, once, at load.
@@ -190,7 +195,8 @@ def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        quantized: PreTrainedModel = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        quantized: PreTrainedModel = quantize_dynamic(model, spec, dtype=torch.qint8)
     return quantized
