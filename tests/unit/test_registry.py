@@ -19,6 +19,7 @@ NOT_CHECKS = {
     "hallucination_nli",
     "pii_engine",
     "pii_recognizers",
+    "pii_view",
 }
 
 
