@@ -134,6 +134,13 @@ class NotFound(AssayError):
     title = "Not found"
 
 
+class Conflict(AssayError):
+    """The request clashes with what exists, e.g. a baseline name already taken."""
+
+    code = "conflict"
+    title = "Conflict"
+
+
 class Overloaded(AssayError):
     """Inference did not finish in time or the queue is full."""
 

@@ -18,6 +18,7 @@ from service.auth import authorize, current_principal
 from service.backpressure import request_timeout
 from service.observability import MetricsController, install_metrics, prometheus_config, request_context
 from service.openai.routes import OpenAIController
+from service.openapi import complete_openapi, document_policies
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.audits import AuditController
 from service.routes.drift import DriftController
@@ -27,6 +28,7 @@ from service.routes.meta import get_policy, healthz, list_policies, readyz
 from service.routes.moderation import ModerationController
 from service.settings import ServiceSettings, service_settings
 from service.state import AppState
+from service.validation import ModelStrictness
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         # Model loading is blocking work: keep it off the event loop.
         state = await asyncio.to_thread(AppState.create, settings)
         app.state.assay = state
+        document_policies(app, state.policies)
         install_metrics(state.worker_settings, settings.store_wait_s, drift=lambda: state.drift)
         log_auth_mode(settings)
         state.start_embedded_worker()
@@ -97,6 +100,8 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
         middleware=[prometheus_config().middleware, request_timeout(settings.request_timeout_s)],
         exception_handlers=EXCEPTION_HANDLERS,
+        # Request bodies validated with each field's own strictness (Field(strict=True) holds).
+        plugins=[ModelStrictness()],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Assay",
@@ -112,6 +117,8 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         # evaluators/logs.py), not replaced by Litestar's own configuration.
         logging_config=None,
     )
+    # Error statuses, strict request bodies and extra content types, documented in one place.
+    complete_openapi(app)
     # Outermost, so every response (404 and 405 included) carries X-Request-ID.
     app.asgi_handler = request_context(app.asgi_handler)
     return app

@@ -24,6 +24,7 @@ STATUS: list[tuple[type[E.AssayError], int]] = [
     (E.InputError, 400),
     (E.PolicyNotFound, 404),
     (E.NotFound, 404),
+    (E.Conflict, 409),
     (E.PolicyError, 422),
     (E.FileValidationError, 422),
     (E.Unauthenticated, 401),
@@ -115,7 +116,9 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list | dict):
         extra["errors"] = exc.extra
     title = {400: "Malformed request", 413: "Payload too large"}.get(status, "HTTP error")
-    return problem(status, title, str(exc.detail), code, request.url.path, **extra)
+    # Keep the exception's headers: a 405 must say which methods the path has (Allow, RFC 9110).
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(status, title, str(exc.detail), code, request.url.path, headers, **extra)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -31,7 +31,7 @@ from evaluators.contracts.drift import (
     TimeRange,
 )
 from evaluators.drift.sketch import BucketKey, Merged, Sketch, aggregate, hour_of
-from evaluators.errors import InputError
+from evaluators.errors import Conflict
 from store.db import Database, database
 from store.models import DriftBaseline, DriftBucket, DriftReportRow, as_utc, utcnow
 
@@ -169,7 +169,7 @@ class DriftStore:
                 s.flush()
                 return _baseline(row)
         except IntegrityError:
-            raise InputError(
+            raise Conflict(
                 f"policy {baseline.policy!r} already has a baseline named {baseline.name!r}"
             ) from None
 

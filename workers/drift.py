@@ -159,7 +159,8 @@ def _resolve_baseline(
         if baseline is None:
             if spec is not None:
                 raise NotFound(f"policy {lp.name!r} has no baseline named {spec.name!r}")
-            raise InputError(
+            # Like a named baseline that is missing: the resource the request relies on is absent.
+            raise NotFound(
                 f"policy {lp.name!r} has no drift baseline: name one, give {{from, to}} or {{audit}}, "
                 "or create one with POST /v1/drift/baselines"
             )

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evaluators.audit.suite_schema import ITEM_RULES
 from evaluators.checks.config import Strict
 from evaluators.contracts import GROUP_PLACEHOLDER, AuditItem, ChatMessage, work_key
+from evaluators.contracts.schema import schema_extra
 from evaluators.errors import FileValidationError, InputError, Location, NotFound, Problem
 from evaluators.fairness import DEFAULT_GROUPS
 from evaluators.settings import PROJECT_ROOT
@@ -48,6 +50,8 @@ class Message(Strict):
 
 class SuiteItem(Strict):
     """One test case: a prompt, a conversation, or a ``{group}`` template expanded per group."""
+
+    model_config = ConfigDict(json_schema_extra=schema_extra(ITEM_RULES))
 
     id: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from evaluators.contracts.base import Contract
 from evaluators.contracts.jobs import ChatMessage, GenerationJob, Prompt, SamplingOverrides, SamplingParams
 from evaluators.contracts.results import ModelInfo, SpanRecord
+from evaluators.contracts.schema import json_integer
 from evaluators.findings import Action
 
 # How items with context are asked. Short and plain: small models follow these best.
@@ -93,6 +94,9 @@ class AuditRequest(Contract):
     policy: str = Field(default="default", description="Policy whose checks and gates apply.")
     params: SamplingOverrides = Field(default_factory=SamplingOverrides, description="Sampling parameters.")
     samples_per_prompt: int = Field(default=1, ge=1, le=20, description="Generations per prompt.")
+
+    # A JSON integer: not true, not "3" (the schema says integer).
+    _integers = field_validator("samples_per_prompt", mode="before")(json_integer)
 
 
 class ItemFinding(Contract):

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from evaluators.contracts.base import Contract
+from evaluators.contracts.schema import schema_extra
 from evaluators.findings import Action
 
 Stage = Literal["input", "output"]
@@ -92,13 +93,21 @@ class DriftScore(Contract):
     )
 
 
+FROM_EXAMPLE, TO_EXAMPLE = "2026-01-01T00:00:00Z", "2026-01-08T00:00:00Z"
+
+
 class TimeRange(Contract):
     """A half-open time range [from, to); reports round it out to whole hours."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
 
-    start: dt.datetime = Field(alias="from", description="Start (inclusive), ISO 8601; UTC when naive.")
-    end: dt.datetime = Field(alias="to", description="End (exclusive), ISO 8601; UTC when naive.")
+    # Examples in order: schema-driven clients and tests take them, and 'to' must follow 'from'.
+    start: dt.datetime = Field(
+        alias="from", examples=[FROM_EXAMPLE], description="Start (inclusive), ISO 8601; UTC when naive."
+    )
+    end: dt.datetime = Field(
+        alias="to", examples=[TO_EXAMPLE], description="End (exclusive), ISO 8601; UTC when naive."
+    )
 
     @field_validator("start", "end")
     @classmethod
@@ -119,13 +128,46 @@ class TimeRange(Contract):
         return {"from": self.start.isoformat(), "to": self.end.isoformat()}
 
 
+def one_of_kinds(kinds: dict[str, tuple[str, ...]], types: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JSON Schema for "exactly one kind": each kind's fields set, every other field null or absent."""
+    fields = [f for names in kinds.values() for f in names]
+    return {
+        "oneOf": [
+            {
+                "required": list(names),
+                "properties": {f: types[f] if f in names else {"type": "null"} for f in fields},
+            }
+            for names in kinds.values()
+        ]
+    }
+
+
+_WHEN = {"type": "string", "format": "date-time"}
+_ID = {"type": "string"}
+
+
 class BaselineSpec(Contract):
     """What a report compares against: a time window, an audit run, or a named baseline."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        json_schema_extra=schema_extra(
+            one_of_kinds(
+                {"window": ("from", "to"), "audit": ("audit",), "name": ("name",)},
+                {"from": _WHEN, "to": _WHEN, "audit": _ID, "name": _ID},
+            )
+        ),
+    )
 
-    start: dt.datetime | None = Field(default=None, alias="from", description="Window start.")
-    end: dt.datetime | None = Field(default=None, alias="to", description="Window end.")
+    start: dt.datetime | None = Field(
+        default=None, alias="from", examples=[FROM_EXAMPLE], description="Window start."
+    )
+    end: dt.datetime | None = Field(
+        default=None, alias="to", examples=[TO_EXAMPLE], description="Window end."
+    )
     audit: str | None = Field(default=None, description="An audit run id: its items are the baseline.")
     name: str | None = Field(default=None, description="A stored baseline's name.")
 
@@ -162,10 +204,13 @@ class DriftReportRequest(Contract):
     window: TimeRange = Field(description="The window compared against the baseline.")
 
 
+BASELINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 class Baseline(Contract):
     """A named baseline: a time window of live events or an audit run, per policy and model."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Unique per policy.")
+    name: str = Field(pattern=BASELINE_NAME, description="Unique per policy.")
     policy: str = Field(description="Policy name.")
     model: str | None = Field(default=None, description="Model; null for any (moderation traffic).")
     start: dt.datetime | None = Field(default=None, description="Window start, for a window baseline.")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from evaluators.contracts.base import Contract
+from evaluators.contracts.schema import json_integer, schema_extra
 
 # Placeholder in a prompt that fairness requests fill per group.
 GROUP_PLACEHOLDER = "{group}"
@@ -62,27 +63,42 @@ class SamplingParams(Contract):
         return self.model_copy(update={"seed": self.seed + offset})
 
 
+_STOP = {"type": "string", "minLength": 1}
+
+
 class SamplingOverrides(Contract):
     """A request's sampling parameters; what it leaves out comes from the policy.
 
     Strict numbers: ``true`` is not a temperature, nor ``2.5`` a token count.
     """
 
+    # A single stop string is accepted as one sequence; empty ones are refused (SamplingParams).
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            {
+                "properties": {
+                    "stop": {
+                        "oneOf": [_STOP, {"type": "array", "items": _STOP}, {"type": "null"}],
+                    }
+                }
+            }
+        )
+    )
+
     temperature: float | None = Field(
         default=None, strict=True, description="Sampling temperature; 0 is greedy."
     )
-    top_k: int | None = Field(
-        default=None, strict=True, description="Keep the k most likely tokens; 0 disables."
-    )
+    top_k: int | None = Field(default=None, description="Keep the k most likely tokens; 0 disables.")
     top_p: float | None = Field(default=None, strict=True, description="Nucleus sampling mass.")
-    max_new_tokens: int | None = Field(default=None, strict=True, description="Most tokens to generate.")
+    max_new_tokens: int | None = Field(default=None, description="Most tokens to generate.")
     stop: tuple[str, ...] | None = Field(default=None, description="Stop sequences, cut from the output.")
-    seed: int | None = Field(default=None, strict=True, description="Seed for reproducible sampling.")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
     repetition_penalty: float | None = Field(
         default=None, strict=True, description="Penalty on repeated tokens."
     )
 
     _one_stop = field_validator("stop", mode="before")(_stop_tuple)
+    _integers = field_validator("top_k", "max_new_tokens", "seed", mode="before")(json_integer)
 
     def given(self) -> dict[str, Any]:
         """The parameters the request set."""
@@ -102,6 +118,21 @@ class ChatMessage(Contract):
 class FairnessSpec(Contract):
     """Counterfactual fairness: the prompt's {group} slot filled per group."""
 
+    # ``_groups_or_dimension``: a non-empty dimension, or groups.
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            {
+                "anyOf": [
+                    {
+                        "required": ["dimension"],
+                        "properties": {"dimension": {"type": "string", "minLength": 1}},
+                    },
+                    {"required": ["groups"], "properties": {"groups": {"type": "array"}}},
+                ]
+            }
+        )
+    )
+
     dimension: str | None = Field(default=None, description="gender, race, religion, or your own label.")
     groups: tuple[str, ...] | None = Field(
         default=None, min_length=2, max_length=12, description="Groups to compare; default per dimension."
@@ -110,6 +141,8 @@ class FairnessSpec(Contract):
         default=None, ge=1, le=16, description="Generations per group; default from the policy."
     )
 
+    _integers = field_validator("samples_per_group", mode="before")(json_integer)
+
     @model_validator(mode="after")
     def _groups_or_dimension(self) -> FairnessSpec:
         if not self.dimension and not self.groups:
@@ -117,8 +150,27 @@ class FairnessSpec(Contract):
         return self
 
 
+_USER_MESSAGE = {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}
+# "Exactly one of prompt or messages, and messages hold a user message", as JSON Schema,
+# so generated clients and schema-driven tests know what ``_one_prompt`` accepts.
+PROMPT_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+        {
+            "required": ["messages"],
+            "properties": {
+                "messages": {"type": "array", "contains": _USER_MESSAGE},
+                "prompt": {"type": "null"},
+            },
+        },
+    ]
+}
+
+
 class Prompt(Contract):
     """A plain prompt or chat messages: exactly one of the two."""
+
+    model_config = ConfigDict(json_schema_extra=schema_extra(PROMPT_SCHEMA))
 
     prompt: str | None = Field(default=None, description="A plain prompt (wrapped as one user message).")
     messages: tuple[ChatMessage, ...] | None = Field(default=None, description="Chat messages.")
@@ -164,8 +216,35 @@ class Prompt(Contract):
         return self.model_copy(update={"messages": messages})
 
 
+_GROUP_SLOT = {"type": "string", "pattern": "\\{group\\}"}
+
+
 class GenerationRequest(Prompt):
     """``POST /v1/generations``: a guarded generation job as a client sends it."""
+
+    # A fairness request needs a {group} slot in its prompt or in a message (``_fairness_slot``).
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            {
+                **PROMPT_SCHEMA,
+                "if": {"required": ["fairness"], "properties": {"fairness": {"type": "object"}}},
+                "then": {
+                    "anyOf": [
+                        {"required": ["prompt"], "properties": {"prompt": _GROUP_SLOT}},
+                        {
+                            "required": ["messages"],
+                            "properties": {
+                                "messages": {
+                                    "type": "array",
+                                    "contains": {"properties": {"content": _GROUP_SLOT}},
+                                }
+                            },
+                        },
+                    ]
+                },
+            }
+        )
+    )
 
     model: str | None = Field(default=None, description="Model id or local folder; default smollm2.")
     policy: str = Field(default="default", description="Policy whose checks guard the job.")

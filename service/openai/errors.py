@@ -62,7 +62,8 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
             param = str(first.get("key") or "") or None
             message = f"{message}: {first.get('message', '')}".rstrip(": ")
     code = "invalid_value" if exc.status_code == 400 else None
-    return openai_error(exc.status_code, message, param=param, code=code)
+    headers = dict(exc.headers) if exc.headers else None  # Allow on a 405
+    return openai_error(exc.status_code, message, param=param, code=code, headers=headers)
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evaluators.contracts import FindingRecord, PolicyIdentity, StageResult
+from evaluators.contracts.schema import json_integer, schema_extra
 from evaluators.errors import InputError
 
 MAX_CHOICES = 8
@@ -36,6 +37,39 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 
+# What ``unsupported`` lets through, as JSON Schema: known fields at a neutral value, and
+# for any other field null or [] only.
+def _json_enum(values: tuple[Any, ...]) -> list[Any]:
+    """``values`` plus null and [], and what Python's ``in`` also matches: false for 0, 1 for true."""
+    out: dict[str, Any] = {}
+    for value in (*values, None, []):
+        same = [value]
+        if isinstance(value, int | float) and value in (0, 1):
+            same += [int(value), bool(value)]
+        for v in same:
+            # JSON equality: 0 and 0.0 are one number, false is not a number.
+            key = f"n{float(v)}" if isinstance(v, int | float) and not isinstance(v, bool) else repr(v)
+            out.setdefault(key, v)
+    return list(out.values())
+
+
+NEUTRAL_SCHEMA: dict[str, Any] = {
+    "properties": {name: {"enum": _json_enum(values)} for name, values in NEUTRAL.items()},
+    "additionalProperties": {"enum": [None, []]},
+}
+_STOP = {"type": "string", "minLength": 1}
+# The request rules beyond the fields: stop sequences up to 4 and none empty (``stops``, the
+# sampling parameters), stream_options only when streaming, no model ending in a bare "@".
+REQUEST_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "stop": {"oneOf": [_STOP, {"type": "array", "items": _STOP, "maxItems": 4}, {"type": "null"}]},
+        "model": {"not": {"pattern": "^[^@]*@$"}},
+    },
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
+
+
 def unsupported(extra: dict[str, Any] | None, where: str = "") -> None:
     """Raise a 400 naming the first field Assay would have to ignore (``where`` prefixes its path)."""
     for name, value in (extra or {}).items():
@@ -51,25 +85,32 @@ def unsupported(extra: dict[str, Any] | None, where: str = "") -> None:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = Field(default=False, description="Send a last chunk with the usage.")
+    include_usage: bool = Field(default=False, strict=True, description="Send a last chunk with the usage.")
 
 
 class _Request(BaseModel):
     # Unknown fields are collected (not refused by the parser) so the 400 can name them.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=schema_extra(NEUTRAL_SCHEMA, REQUEST_SCHEMA))
 
     model: str = Field(description="A served model, optionally with a policy: 'smollm2' or 'smollm2@strict'.")
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature.")
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Nucleus sampling mass.")
+    # Numbers as the schema says: true or "0.5" is refused, not coerced (json_integer for integers).
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, strict=True, description="Sampling temperature."
+    )
+    top_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, strict=True, description="Nucleus sampling mass."
+    )
     max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate.")
     stop: str | list[str] | None = Field(default=None, description="Up to 4 stop sequences.")
     seed: int | None = Field(
         default=None, description="Seed for reproducible sampling; choice i uses seed + i."
     )
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, description="Choices to generate.")
-    stream: bool | None = Field(default=None, description="Answer with Server-Sent Events.")
+    stream: bool | None = Field(default=None, strict=True, description="Answer with Server-Sent Events.")
     stream_options: StreamOptions | None = Field(default=None, description="include_usage: a usage chunk.")
     user: str | None = Field(default=None, description="End-user id; accepted, never stored.")
+
+    _integers = field_validator("max_tokens", "seed", "n", mode="before")(json_integer)
 
     def stops(self) -> tuple[str, ...] | None:
         if self.stop is None:
@@ -93,7 +134,20 @@ class TextPart(BaseModel):
 class InMessage(BaseModel):
     """A chat message as OpenAI clients send it."""
 
-    model_config = ConfigDict(extra="allow")
+    # Tool and function messages are refused, and content is required (``mapping.chat_prompt``).
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=schema_extra(
+            NEUTRAL_SCHEMA,
+            {
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "developer", "user", "assistant"]},
+                    "content": {"not": {"type": "null"}},
+                },
+            },
+        ),
+    )
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
@@ -103,12 +157,41 @@ class InMessage(BaseModel):
 class ChatRequest(_Request):
     """``POST /v1/chat/completions``."""
 
+    # At least one user message (``mapping.chat_prompt``).
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            NEUTRAL_SCHEMA,
+            REQUEST_SCHEMA,
+            {"properties": {"messages": {"contains": {"properties": {"role": {"const": "user"}}}}}},
+        )
+    )
+
     messages: list[InMessage] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(default=None, ge=1, description="Same as max_tokens.")
+
+    _more_integers = field_validator("max_completion_tokens", mode="before")(json_integer)
 
 
 class CompletionRequest(_Request):
     """``POST /v1/completions``."""
+
+    # One prompt per request (``mapping.completion_prompt``).
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            NEUTRAL_SCHEMA,
+            REQUEST_SCHEMA,
+            {
+                "properties": {
+                    "prompt": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                        ]
+                    }
+                }
+            },
+        )
+    )
 
     prompt: str | list[str] = Field(description="The prompt (a list of one string is accepted).")
 
@@ -116,7 +199,23 @@ class CompletionRequest(_Request):
 class ModerationRequest(BaseModel):
     """``POST /v1/moderations``."""
 
-    model_config = ConfigDict(extra="allow")
+    # At least one text (the route refuses an empty list).
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=schema_extra(
+            NEUTRAL_SCHEMA,
+            {
+                "properties": {
+                    "input": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        ]
+                    }
+                }
+            },
+        ),
+    )
 
     input: str | list[str] = Field(description="A text or texts to classify.")
     model: str | None = Field(default=None, description="Ignored but for an '@policy' suffix.")

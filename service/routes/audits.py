@@ -91,7 +91,7 @@ class AuditController(Controller):
     tags = ["audits"]
     opt = requires("auditor")
 
-    @post("/", summary="Start an audit run")
+    @post("/", status_code=202, summary="Start an audit run")
     async def create(
         self, data: AuditRequest, state: State, principal: Principal
     ) -> Response[dict[str, Any]]:

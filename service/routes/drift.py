@@ -17,7 +17,15 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evaluators.contracts.drift import Baseline, DriftReportRecord, DriftReportRequest
+from evaluators.contracts.drift import (
+    BASELINE_NAME,
+    FROM_EXAMPLE,
+    TO_EXAMPLE,
+    Baseline,
+    DriftReportRecord,
+    DriftReportRequest,
+)
+from evaluators.contracts.schema import schema_extra
 from evaluators.errors import InputError, NotFound, Overloaded
 from service.auth import Principal, requires
 from service.problems import problem
@@ -53,16 +61,40 @@ def report_summary(record: DriftReportRecord) -> dict[str, Any]:
     return body
 
 
+_WHEN = {"type": "string", "format": "date-time"}
+_WINDOW = {"required": ["from", "to"], "properties": {"from": {"type": "string"}, "to": {"type": "string"}}}
+
+
 class BaselineBody(BaseModel):
     """``POST /v1/drift/baselines``: a window of live events or an audit run, under a name."""
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+    # Either a whole window (from and to) or an audit run, as ``Baseline`` checks.
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        json_schema_extra=schema_extra(
+            {
+                "oneOf": [
+                    {
+                        "required": ["from", "to"],
+                        "properties": {"from": _WHEN, "to": _WHEN, "audit": {"type": "null"}},
+                    },
+                    {"required": ["audit"], "properties": {"audit": {"type": "string"}}, "not": _WINDOW},
+                ]
+            }
+        ),
+    )
 
-    name: str = Field(description="Unique per policy, e.g. 'launch' or '2026-q1'.")
+    name: str = Field(pattern=BASELINE_NAME, description="Unique per policy, e.g. 'launch' or '2026-q1'.")
     policy: str = Field(default="default", description="Policy name.")
     model: str | None = Field(default=None, description="Only this model's events; default any.")
-    start: dt.datetime | None = Field(default=None, alias="from", description="Window start (ISO 8601).")
-    end: dt.datetime | None = Field(default=None, alias="to", description="Window end (ISO 8601).")
+    start: dt.datetime | None = Field(
+        default=None, alias="from", examples=[FROM_EXAMPLE], description="Window start (ISO 8601)."
+    )
+    end: dt.datetime | None = Field(
+        default=None, alias="to", examples=[TO_EXAMPLE], description="Window end (ISO 8601)."
+    )
     audit: str | None = Field(default=None, description="An audit run id whose items are the baseline.")
 
 
@@ -79,7 +111,7 @@ class DriftController(Controller):
     tags = ["drift"]
     opt = requires("auditor")
 
-    @post("/reports", summary="Compare a window of traffic with a baseline (built by a worker)")
+    @post("/reports", status_code=202, summary="Compare traffic with a baseline (a worker builds it)")
     async def create_report(
         self, data: DriftReportRequest, state: State, principal: Principal
     ) -> Response[dict[str, Any]]:
@@ -160,6 +192,9 @@ class DriftController(Controller):
                 end=data.end,
                 audit=data.audit,
             )
+            if baseline.audit is None:
+                # An empty or reversed window could never be compared against (reports need to > from).
+                baseline.spec()
         except ValidationError as exc:
             raise InputError(f"invalid baseline: {exc.errors()[0]['msg']}") from None
         created = await asyncio.to_thread(store(app.worker_settings).create_baseline, baseline)

@@ -56,7 +56,7 @@ class GenerationController(Controller):
     tags = ["generation"]
     opt = requires("app")
 
-    @post("/v1/generations", summary="Queue a guarded generation job")
+    @post("/v1/generations", status_code=202, summary="Queue a guarded generation job")
     async def create(
         self,
         data: GenerationRequest,

@@ -28,8 +28,13 @@ class KeyRequest(BaseModel):
 
     role: Role = Field(description="app (moderate, generate), auditor (audits, drift) or admin (everything).")
     name: str | None = Field(default=None, max_length=128, description="A label, e.g. the app that uses it.")
+    # Strict: the schema says number, so a JSON true is refused rather than read as 1 day.
     expires_in_days: float | None = Field(
-        default=None, gt=0, le=3650, description="The key stops working after this many days; default never."
+        default=None,
+        gt=0,
+        le=3650,
+        strict=True,
+        description="The key stops working after this many days; default never.",
     )
 
 

@@ -93,7 +93,7 @@ def test_baseline_and_report_requests_get_problem_details(api_client: Any) -> No
     window = {"from": (now - dt.timedelta(hours=2)).isoformat(), "to": now.isoformat()}
     # No baseline for the default policy yet: say so before anything is queued.
     r = api_client.post("/v1/drift/reports", json={"policy": "default", "window": window})
-    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
     assert "no drift baseline" in r.json()["detail"]
     r = api_client.post(
         "/v1/drift/reports", json={"policy": "default", "baseline": {"name": "nope"}, "window": window}
@@ -119,7 +119,11 @@ def test_baseline_and_report_requests_get_problem_details(api_client: Any) -> No
         == 201
     )
     r = api_client.post("/v1/drift/baselines", json={"name": "w", "policy": "default", **window})
-    assert r.status_code == 400 and "already has a baseline named 'w'" in r.json()["detail"]
+    assert r.status_code == 409 and "already has a baseline named 'w'" in r.json()["detail"]
+    # An empty window could never be compared against: refused when named, not when reported on.
+    empty = {"from": window["from"], "to": window["from"]}
+    r = api_client.post("/v1/drift/baselines", json={"name": "e", "policy": "default", **empty})
+    assert r.status_code == 400 and "'to' must be after 'from'" in r.json()["detail"]
 
     assert api_client.get("/v1/drift/reports/nope").status_code == 404
     assert api_client.get("/v1/drift/reports", params={"policy": "default"}).json() == {"reports": []}
