@@ -7,6 +7,11 @@ Both servers run as separate uvicorn processes; a load generator sends
 ~100-character texts at 1, 8 and 32 concurrent clients.
 
     .venv/bin/python bench/moderate.py [--checkpoint .cache/models/abuse-minilm] [--requests 200] [--int8]
+        [--drift '{embed_sample: 0.1}']
+
+Assay records every text for drift (the naive handler does not): the policy's
+default embeds each text after the reply, about 10 ms of CPU per text; --drift
+shows what a sampled or disabled drift block costs.
 """
 
 from __future__ import annotations
@@ -171,6 +176,11 @@ def main() -> int:
         action="store_true",
         help="run Assay's Detoxify tier in int8 (default fp32, as the shipped policies: int8 loses AUC)",
     )
+    parser.add_argument(
+        "--drift",
+        default="{}",
+        help="the bench policy's drift block (YAML flow), e.g. '{embed_sample: 0.1}' or '{enabled: false}'",
+    )
     parser.add_argument("--serve-naive", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write results to this file")
     args = parser.parse_args()
@@ -191,7 +201,7 @@ def main() -> int:
     (policy_dir / "bench.yaml").write_text(
         # ner_model: null: both sides find names with the same spaCy model, so the ratio is
         # about serving, not engines (bench/pii_quality.py times the ner-minilm tagger).
-        f"name: default\nversion: bench\noutput:\n  - check: pii\n    ner_model: null\n    entities:\n{entities}\n"
+        f"name: default\nversion: bench\ndrift: {args.drift}\noutput:\n  - check: pii\n    ner_model: null\n    entities:\n{entities}\n"
         f"  - check: toxicity\n    detoxify: {{checkpoint: {args.checkpoint}, quantize_int8: {str(args.int8).lower()}}}\n"
     )
     env = {

@@ -154,6 +154,8 @@ class DriftRuntime:
         self._embed = embed or embedding.embed
         if recorder is not None and recorder.embed is None:
             recorder.embed = self._embed  # one encoder for the inline and the deferred path
+        self._rng = np.random.default_rng()
+        self._rng_lock = threading.Lock()
 
     def observe(self, lp: LoadedPolicy, items: Sequence[Observation]) -> list[DriftScore]:
         """Record one event per item and return each item's drift score, in order."""
@@ -163,8 +165,12 @@ class DriftRuntime:
             return [DriftScore(status=DriftStatus.DISABLED, stage=o.stage, detail=detail) for o in items]
         inline = [config.embed and config.inline_for(o.source) for o in items]
         vectors, embed_error = self._vectors([o if i else None for o, i in zip(items, inline, strict=True)])
-        # Texts not embedded here go to the recorder, whose thread embeds them after the reply.
-        deferred = [o.text if config.embed and not i else None for o, i in zip(items, inline, strict=True)]
+        # Texts not embedded here go to the recorder, whose thread embeds them after the reply
+        # (a uniform sample of them, when the policy asks for one).
+        deferred = [
+            o.text if config.embed and not i and self._sampled(config.embed_sample) else None
+            for o, i in zip(items, inline, strict=True)
+        ]
         if not config.embed:
             later: str | None = f"embeddings are off in policy {lp.name!r}"
         else:
@@ -194,6 +200,12 @@ class DriftRuntime:
         if self.recorder is not None:
             self.recorder.record(events, deferred)
         return [self._score(lp, o, v, r) for o, v, r in zip(items, vectors, reasons, strict=True)]
+
+    def _sampled(self, share: float) -> bool:
+        if share >= 1.0:
+            return True
+        with self._rng_lock:  # observe runs on several inference threads
+            return bool(self._rng.random() < share)
 
     def _vectors(self, items: Sequence[Observation | None]) -> tuple[list[np.ndarray | None], str | None]:
         """Embeddings of the items' texts in one pass (None for a None item or a blocked text)."""

@@ -118,6 +118,20 @@ def test_by_default_the_recorder_embeds_after_the_reply() -> None:
     runtime.close()
 
 
+def test_a_sampled_policy_embeds_a_uniform_share_after_the_reply() -> None:
+    runtime, sink = _runtime(lambda texts: POOL[: len(texts)])
+    runtime._rng = np.random.default_rng(5)
+    for _ in range(10):
+        runtime.observe(_policy("{embed_sample: 0.25}"), [_item(f"t{i}") for i in range(40)])
+    assert runtime.flush(10) and len(sink.events) == 400
+    embedded = sum(e.embedding is not None for e in sink.events)
+    assert 70 <= embedded <= 130  # Binomial(400, 0.25): mean 100, sd 8.7
+    # Inline scoring always embeds, whatever the share: the result needs its novelty.
+    [score] = runtime.observe(_policy("{embed_sample: 0.25, embed_inline: true}"), [_item("x")])
+    assert score.novelty is not None
+    runtime.close()
+
+
 def test_a_deferred_encoder_failure_still_writes_the_event_and_counts_it() -> None:
     runtime, sink = _runtime(_broken_encoder)
     runtime.observe(_policy("{}"), [_item("a"), _item("b")])
