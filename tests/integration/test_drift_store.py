@@ -17,7 +17,7 @@ from evaluators.drift.config import DriftPolicy
 from evaluators.drift.recorder import DriftRecorder
 from evaluators.drift.report import build_report
 from evaluators.drift.sketch import RESERVOIR
-from evaluators.errors import InputError
+from evaluators.errors import Conflict
 from store.db import MIGRATIONS, database, reset_stores
 from store.drift import DriftStore
 from store.models import DriftBucket
@@ -115,7 +115,7 @@ def test_baselines_and_reports_round_trip(db_url: str) -> None:  # noqa: F811
         Baseline(name="launch", policy="default", start=T0, end=T0 + dt.timedelta(hours=3))
     )
     assert b.created_at is not None and b.start == T0 and b.spec().window() == HOURS
-    with pytest.raises(InputError, match="already has a baseline named 'launch'"):
+    with pytest.raises(Conflict, match="already has a baseline named 'launch'"):
         store.create_baseline(Baseline(name="launch", policy="default", audit="r1"))
     store.create_baseline(Baseline(name="audit-1", policy="default", model="other-model", audit="r1"))
     assert store.current_baseline("default", "smollm2") == b  # the newest for another model is skipped
