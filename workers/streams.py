@@ -45,6 +45,43 @@ def _redis_broker(settings: WorkerSettings) -> bool:
     return settings.broker_url.startswith(("redis://", "rediss://", "unix://"))
 
 
+# --------------------------------------------------------------------------- job done signals
+
+
+def done_key(job_id: str) -> str:
+    return f"assay:done:{job_id}"
+
+
+def signal_done(settings: WorkerSettings, job_id: str) -> None:
+    """Wake the API requests waiting on ``job_id`` (Redis broker); they poll otherwise. Never raises.
+
+    A list, not pub/sub: a waiter that starts after the signal still sees it.
+    """
+    if not _redis_broker(settings):
+        return
+    try:
+        pipe = _redis_client(settings.broker_url).pipeline()
+        pipe.rpush(done_key(job_id), 1)
+        pipe.expire(done_key(job_id), STREAM_TTL_S)
+        pipe.execute()
+    except Exception as exc:  # the waiters' polling still finds the job
+        log.warning("job %s: done signal not sent: %s", job_id, type(exc).__name__)
+
+
+async def wait_done(settings: WorkerSettings, job_id: str, timeout: float) -> bool | None:
+    """Wait up to ``timeout`` s for ``job_id``'s done signal: True when it came, False when not,
+    None when this broker has none (the caller polls)."""
+    if not _redis_broker(settings):
+        return None
+    client = _async_redis(settings.broker_url)
+    key = done_key(job_id)
+    reply = await client.blpop([key], timeout=max(timeout, 0.01))
+    if reply is None:
+        return False
+    await client.rpush(key, 1)  # put it back for any other request waiting on the same job
+    return True
+
+
 # --------------------------------------------------------------------------- the worker side
 
 

@@ -26,6 +26,7 @@ from workers.leases import Leases, RedisRedeliverer, sweep_jobs
 from workers.metrics import GENERATION_BATCH_ROWS, JOB_SECONDS, JOBS_FINISHED, SWEPT, serve_worker_metrics
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
+from workers.streams import signal_done
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,11 @@ def _run_job(job: GenerationJob, leases: Leases) -> str:
         log.info("job %s skipped: finished, cancelled or held by a live worker", job_id)
         return "skipped"
     started = time.perf_counter()
-    with leases.holding(job_id):
-        outcome = _guarded(job_id, job, store)
+    try:
+        with leases.holding(job_id):
+            outcome = _guarded(job_id, job, store)
+    finally:
+        signal_done(worker_settings(), job_id)  # the API's waiting request reads the store at once
     elapsed = time.perf_counter() - started
     JOB_SECONDS.observe(elapsed)
     log.info("job %s finished: %s in %.2f s", job_id, outcome, elapsed)
