@@ -148,17 +148,25 @@ def through_queue(
                 raise SystemExit("API not ready")
             time.sleep(0.5)
 
+        stages: list[dict[str, float]] = []
+
         def job(prompt: str, new_tokens: int = tokens) -> tuple[float, int]:
             t0 = time.perf_counter()
             body = {"prompt": prompt, "params": {"temperature": 0, "max_new_tokens": new_tokens}}
-            r = httpx.post(base + "/v1/generations?wait=300", json=body, timeout=400)
+            r = httpx.post(base + "/v1/generations?wait=120", json=body, timeout=180)
             r.raise_for_status()
             res = r.json()
+            while res["status"] in ("queued", "running"):  # long jobs outlast one wait
+                time.sleep(0.1)
+                res = httpx.get(f"{base}/v1/jobs/{res['id']}", timeout=30).json()
             if res["status"] != "succeeded":
                 raise RuntimeError(res)
-            return time.perf_counter() - t0, int(res["result"]["usage"]["completion_tokens"])
+            latency = time.perf_counter() - t0
+            stages.append({**res["result"]["timings"], "client_ms": latency * 1000})
+            return latency, int(res["result"]["usage"]["completion_tokens"])
 
         job(PROMPTS[0])  # warm-up: worker loads its models
+        stages.clear()
         out: dict[str, dict[str, float]] = {}
         for n in levels:
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
@@ -167,6 +175,13 @@ def through_queue(
                 results = list(pool.map(job, prompts))
             wall = time.perf_counter() - started
             out[str(n)] = summary([r[0] for r in results], sum(r[1] for r in results), wall)
+            # Where a job's time goes, from its own timings (mean ms per job at this level).
+            mine, stages[:] = stages[:], []
+            keys = ("queue_ms", "input_checks_ms", "generate_queue_ms", "generate_ms", "output_checks_ms")
+            out[str(n)].update({f"mean_{k}": statistics.fmean(t.get(k, 0.0) for t in mine) for k in keys})
+            out[str(n)]["mean_unaccounted_ms"] = statistics.fmean(
+                t["client_ms"] - t.get("total_ms", 0.0) - t.get("queue_ms", 0.0) for t in mine
+            )
         out["mixed"] = mixed(job)
         return out
     finally:
@@ -261,6 +276,17 @@ def main() -> int:
                 f"{n:>5} {name:>11} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} "
                 f"{int(r['tokens']):>7} {vs_naive:>8.2f}x {vs_llama:>9}"
             )
+    print("\nwhere a queued job's time goes (mean ms per job): queue, input checks, generator queue,")
+    print("decode, output checks, and the rest (HTTP, polling, store, drift)")
+    for name in ("continuous", "gathered"):
+        for n in map(str, levels):
+            if name in ways:
+                r = ways[name][n]
+                cells = [r.get(f"mean_{k}", 0.0) for k in (
+                    "queue_ms", "input_checks_ms", "generate_queue_ms", "generate_ms", "output_checks_ms",
+                    "unaccounted_ms",
+                )]  # fmt: skip
+                print(f"{name:>11} {n:>3} jobs: " + " / ".join(f"{c:.0f}" for c in cells))
     print("\nmixed lengths: 8 short jobs (8 tokens) alone, then while 4 long jobs (256 tokens) decode")
     for name in ("continuous", "gathered"):
         if name in ways:
