@@ -10,7 +10,7 @@ STAMP := $(VENV)/.assay-installed
 TORCH_SPEC ?= torch==2.13.0
 LLAMA_CPP_VERSION ?= 0.3.36
 
-.PHONY: run test setup build-models lint typecheck check bench clean bench-llama-env
+.PHONY: run test setup build-models lint typecheck check bench clean bench-llama-env docker-check docker-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ $(BENCH_LLAMA)/.built:
 	$(PYTHON) -m venv $(BENCH_LLAMA)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" $(BENCH_LLAMA)/bin/pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	@touch $@
+
+# Containers (not part of `make test` or .ci/run). docker-check: static checks, no engine
+# needed. docker-smoke: build the images, run the Compose stack, exercise it, tear it down
+# (minutes; starts dockerd and builds local base images when needed; see docker/README.md).
+docker-check:
+	bash docker/check.sh
+
+docker-smoke:
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

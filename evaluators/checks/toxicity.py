@@ -278,7 +278,11 @@ def _checkpoint_source(folder: Path) -> str | io.BytesIO:
             checkpoint=str(folder),
         )
     model_type = Path(str(args["model_type"]))
-    if model_type.is_dir() and model_type.resolve() == folder:
+    try:
+        in_place = model_type.is_dir() and model_type.resolve() == folder
+    except OSError:  # the path a copied build cache was trained at may be unreadable here
+        in_place = False
+    if in_place:
         return str(ckpt)
     args["model_type"] = str(folder)
     buf = io.BytesIO()
