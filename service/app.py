@@ -28,7 +28,9 @@ from service.routes.meta import get_policy, healthz, list_policies, readyz
 from service.routes.moderation import ModerationController
 from service.settings import ServiceSettings, service_settings
 from service.state import AppState
+from service.tracing import traced_requests
 from service.validation import ModelStrictness
+from workers.tracing import install_tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
     # Before the lifespan loads any model (uvicorn may call this factory without the CLI).
     configure_process()
     settings = settings or service_settings()
+    # Traces when an OTLP endpoint is set; the extra missing with one set stops startup here.
+    install_tracing("assay-api")
     components, security = security_schema(settings)
 
     @asynccontextmanager
@@ -119,6 +123,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
     )
     # Error statuses, strict request bodies and extra content types, documented in one place.
     complete_openapi(app)
-    # Outermost, so every response (404 and 405 included) carries X-Request-ID.
-    app.asgi_handler = request_context(app.asgi_handler)
+    # Outermost, so every response (404 and 405 included) carries X-Request-ID; the request's span
+    # inside it records that id.
+    app.asgi_handler = request_context(traced_requests(app.asgi_handler))
     return app

@@ -21,6 +21,7 @@ from service.backpressure import QUEUE_RETRY_AFTER_S
 from service.state import AppState
 from store.records import JobRecord
 from workers.streams import wait_done
+from workers.tracing import annotate, span
 
 
 def check_quota(app: AppState, principal: Principal) -> None:
@@ -53,6 +54,30 @@ async def submit_job(
 
     Over the tenant's job quota: 429; queue deeper than allowed or broker down: 503.
     """
+    # A producer span: the task's span in the worker is its child (trace context in the headers).
+    attributes: dict[str, str | bool] = {
+        "assay.policy": lp.name,
+        "assay.tenant": principal.tenant,
+        "assay.job.stream": stream,
+    }
+    with span("assay.job.submit", attributes, kind="producer"):
+        return await _submit_job(
+            app, lp, prompt, params, principal, model=model, context=context, fairness=fairness, stream=stream
+        )
+
+
+async def _submit_job(
+    app: AppState,
+    lp: LoadedPolicy,
+    prompt: Prompt,
+    params: SamplingParams,
+    principal: Principal,
+    *,
+    model: str | None,
+    context: tuple[str, ...] | None,
+    fairness: FairnessSpec | None,
+    stream: bool,
+) -> str:
     texts = prompt.texts()
     total = sum(len(t) for t in texts)
     if total > lp.policy.limits.max_chars:
@@ -66,6 +91,7 @@ async def submit_job(
     await asyncio.to_thread(check_quota, app, principal)
     await asyncio.to_thread(app.queue_guard.check, queue)
     job_id = uuid.uuid4().hex
+    annotate({"assay.job.id": job_id, "assay.model": model, "assay.queue": queue})
     joined = "\n".join(texts)
     await asyncio.to_thread(
         jobs.create,

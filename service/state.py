@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Hashable, Sequence
@@ -28,6 +29,7 @@ from store.keys import KeyStore, key_store
 from workers.drift import build_runtime, observe_moderation
 from workers.embedded import EmbeddedWorker
 from workers.settings import WorkerSettings, worker_settings
+from workers.tracing import checks_span, current_span_context
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ def _no_batches_in_the_api(jobs: list[GenerationJob]) -> list[JobResult]:
 class ModerationItem:
     text: str
     context: tuple[str, ...] = ()
+    span: Any = field(default=None, compare=False)
+    """The request's span context when traces are on: the batch that runs the item names it."""
 
 
 @dataclass
@@ -138,7 +142,9 @@ class AppState:
             policy_name, stage = cast(tuple[str, Stage], key)
             engine = engines[policy_name]
             contexts = [it.context for it in items] if any(it.context for it in items) else None
-            decisions = engine.evaluate([it.text for it in items], stage, contexts=contexts)
+            # The pool's threads have no current span: the batch's parent and links are its requests'.
+            with checks_span(policy_name, stage, len(items), parents=[it.span for it in items]):
+                decisions = engine.evaluate([it.text for it in items], stage, contexts=contexts)
             # Still in the inference thread: embedding and scoring stay off the event loop.
             observe_moderation(drift, engine.loaded, stage, [it.text for it in items], decisions)
             return decisions
@@ -184,6 +190,9 @@ class AppState:
         if stage not in ("input", "output"):
             raise InputError(f"stage must be 'input' or 'output', not {stage!r}")
         self.check_limits(lp, [it.text for it in items])
+        parent = current_span_context()
+        if parent is not None:
+            items = [dataclasses.replace(it, span=parent) for it in items]
         decisions = await self.batcher.submit_many((lp.name, stage), list(items))
         return lp, decisions
 

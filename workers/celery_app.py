@@ -19,6 +19,7 @@ from kombu import Queue
 from evaluators.runtime import configure_process
 from workers.context import install_request_context
 from workers.settings import WorkerSettings, period_seconds, worker_settings
+from workers.tracing import install_task_tracing, install_tracing
 
 
 def broker_folders(data_dir: Path) -> dict[str, Path]:
@@ -75,6 +76,10 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
     broker, transport_options = _broker(settings)
     # Request ids into task headers and back out in workers; JSON logs in Celery processes.
     install_request_context()
+    # Traces when an endpoint is set (a no-op in the API, which installed its own first); the trace
+    # context rides in the task headers like the request id.
+    install_tracing("assay-worker")
+    install_task_tracing()
     app = Celery("assay", broker=broker)
     queues = [Queue(name, routing_key=name) for name in settings.queues()]
     app.conf.update(

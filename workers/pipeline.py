@@ -34,6 +34,7 @@ from workers.drift import annotate_jobs
 from workers.generation import DecodeRequest, GenerationOutput, GeneratorOptions, get_generator
 from workers.settings import WorkerSettings, worker_settings
 from workers.stream_guard import start_guard
+from workers.tracing import checks_span, set_attributes, span
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,10 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
     texts_per_job = [j.user_texts() for j in jobs]
     flat = [t for texts in texts_per_job for t in texts]
     t0 = time.perf_counter()
-    flat_decisions = engine.evaluate(flat, "input") if flat else []
+    flat_decisions: list[Decision] = []
+    if flat:
+        with checks_span(lp.name, "input", len(flat)):
+            flat_decisions = engine.evaluate(flat, "input")
     input_ms = round((time.perf_counter() - t0) * 1000, 1)
     decisions_per_job: list[list[Decision]] = []
     offset = 0
@@ -213,26 +217,43 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
                 )
             )
     limit = settings.job_time_limit_s
-    try:
-        outputs = {
-            i: guards[i].follow(futures[i], limit) if i in guards else futures[i].result(timeout=limit)
-            for i in to_generate
-        }
-    except BaseException:
-        for guard in guards.values():
-            guard.abort()
-        raise
-    samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}
+    # The wait for the batched decode of this call's prompts: token counts and batch rows, no text.
+    models = ",".join(sorted({jobs[i].model for i in to_generate}))
+    batch: dict[str, str | int] = {
+        "assay.policy": lp.name,
+        "gen_ai.request.model": models,
+        "assay.generation.jobs": len(to_generate),
+    }
+    with span("assay.generation", batch) as generation:
+        try:
+            outputs = {
+                i: guards[i].follow(futures[i], limit) if i in guards else futures[i].result(timeout=limit)
+                for i in to_generate
+            }
+        except BaseException:
+            for guard in guards.values():
+                guard.abort()
+            raise
+        samples = {i: f.result(timeout=settings.job_time_limit_s).samples for i, f in sample_futures.items()}
+        set_attributes(
+            generation,
+            {
+                "gen_ai.usage.input_tokens": sum(o.prompt_tokens for o in outputs.values()),
+                "gen_ai.usage.output_tokens": sum(o.completion_tokens for o in outputs.values()),
+                "assay.generation.batch_rows": max(o.batch_rows for o in outputs.values()),
+            },
+        )
 
     # Output checks: all outputs in one batch, with their grounding context.
     t0 = time.perf_counter()
     contexts = [tuple(jobs[i].context or ()) for i in to_generate]
-    out_decisions = engine.evaluate(
-        [outputs[i].text for i in to_generate],
-        "output",
-        contexts=contexts if any(contexts) else None,
-        extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
-    )
+    with checks_span(lp.name, "output", len(to_generate)):
+        out_decisions = engine.evaluate(
+            [outputs[i].text for i in to_generate],
+            "output",
+            contexts=contexts if any(contexts) else None,
+            extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
+        )
     output_ms = round((time.perf_counter() - t0) * 1000, 1)
     checked: dict[int, tuple[str, Decision]] = {}
     for i, decision in zip(to_generate, out_decisions, strict=True):

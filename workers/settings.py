@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from evaluators.settings import PROJECT_ROOT, AssaySettings, SettingsAccessor, UserPath
 
@@ -173,6 +173,54 @@ class WorkerSettings(AssaySettings):
 
 worker_settings = SettingsAccessor(WorkerSettings)
 """Worker settings, parsed once per process."""
+
+
+class TracingSettings(AssaySettings):
+    """Where the API's and the workers' OpenTelemetry traces go: off unless an endpoint is set.
+
+    Besides ``ASSAY_OTEL_ENDPOINT``, the standard OpenTelemetry variables are honoured under their
+    own names; the OTLP exporter and the SDK read the rest of theirs themselves (headers, timeout,
+    compression, ``OTEL_TRACES_SAMPLER``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_BSP_*``).
+    """
+
+    # Aliased fields are set by their field names too (tests, model_copy).
+    model_config = SettingsConfigDict(populate_by_name=True)
+
+    otel_endpoint: str = ""
+    """Base URL of an OTLP/HTTP collector for Assay's traces, e.g. http://collector:4318 (/v1/traces is
+    appended unless the URL ends with it); wins over the OTEL_EXPORTER_OTLP_* variables
+    (ASSAY_OTEL_ENDPOINT)."""
+
+    otlp_traces_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    """Full URL traces are POSTed to, as OpenTelemetry defines it (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)."""
+
+    otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    """Base URL of an OTLP/HTTP collector for every signal; traces go to its /v1/traces
+    (OTEL_EXPORTER_OTLP_ENDPOINT)."""
+
+    service_name: str = Field(default="", validation_alias="OTEL_SERVICE_NAME")
+    """Service name on every span; empty: assay-api in the API, assay-worker in Celery processes
+    (OTEL_SERVICE_NAME)."""
+
+    sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    """True turns traces off whatever endpoint is set, as OpenTelemetry defines it (OTEL_SDK_DISABLED)."""
+
+    def traces_endpoint(self) -> str | None:
+        """The URL spans are exported to, or None when traces are off."""
+        if self.sdk_disabled:
+            return None
+        if self.otel_endpoint:
+            base = self.otel_endpoint.rstrip("/")
+            return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return f"{self.otlp_endpoint.rstrip('/')}/v1/traces"
+        return None
+
+
+tracing_settings = SettingsAccessor(TracingSettings)
+"""Trace export settings, parsed once per process."""
 
 
 def period_seconds(period: str) -> float:

@@ -27,6 +27,7 @@ from workers.metrics import GENERATION_BATCH_ROWS, JOB_SECONDS, JOBS_FINISHED, S
 from workers.pipeline import guarded_generation, warm_up
 from workers.settings import worker_settings
 from workers.streams import signal_done
+from workers.tracing import annotate
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def _run_job(job: GenerationJob, leases: Leases) -> str:
         signal_done(worker_settings(), job_id)  # the API's waiting request reads the store at once
     elapsed = time.perf_counter() - started
     JOB_SECONDS.observe(elapsed)
+    # On the task's span: which job, and what became of it (an action or 'failed', never text).
+    annotate({"assay.job.id": job_id, "assay.job.outcome": outcome, "assay.policy": job.policy})
     log.info("job %s finished: %s in %.2f s", job_id, outcome, elapsed)
     return outcome
 

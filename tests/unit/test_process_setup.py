@@ -17,10 +17,15 @@ from evaluators.errors import ConfigError
 from evaluators.runtime import OFFLINE_ENVIRONMENT, configure_process
 from evaluators.settings import AssaySettings, EvaluatorSettings, SettingsAccessor, evaluator_settings
 from service.settings import ServiceSettings
-from workers.settings import WorkerSettings
+from workers.settings import TracingSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS: tuple[type[AssaySettings], ...] = (EvaluatorSettings, WorkerSettings, ServiceSettings)
+SETTINGS: tuple[type[AssaySettings], ...] = (
+    EvaluatorSettings,
+    WorkerSettings,
+    ServiceSettings,
+    TracingSettings,
+)
 
 
 def _run(code: str, env: dict[str, str]) -> dict[str, object]:
@@ -49,7 +54,11 @@ def _bare_env(tmp_path: Path) -> dict[str, str]:
 
 def _env_names(cls: type[AssaySettings]) -> list[str]:
     prefix = cls.model_config["env_prefix"]
-    return [f"{prefix}{name}".upper() for name in cls.model_fields]
+    # The standard OTEL_* variables are read under their own names (validation aliases).
+    return [
+        (f.validation_alias if isinstance(f.validation_alias, str) else f"{prefix}{name}").upper()
+        for name, f in cls.model_fields.items()
+    ]
 
 
 def test_every_variable_feeds_one_field() -> None:
