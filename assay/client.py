@@ -101,7 +101,7 @@ class _Calls:
 
     @staticmethod
     def cancel_job(job_id: str) -> _Call[Job]:
-        return _Call("DELETE", f"/v1/jobs/{job_id}", lambda r: Job.model_validate(r.json()))
+        return _Call("POST", f"/v1/jobs/{job_id}/cancel", lambda r: Job.model_validate(r.json()))
 
     @staticmethod
     def start_audit(request: AuditRequest | Mapping[str, Any]) -> _Call[Audit]:
@@ -114,7 +114,7 @@ class _Calls:
 
     @staticmethod
     def cancel_audit(run_id: str) -> _Call[Audit]:
-        return _Call("DELETE", f"/v1/audits/{run_id}", lambda r: Audit.model_validate(r.json()))
+        return _Call("POST", f"/v1/audits/{run_id}/cancel", lambda r: Audit.model_validate(r.json()))
 
     @staticmethod
     def resume_audit(run_id: str) -> _Call[dict[str, Any]]:

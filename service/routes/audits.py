@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from typing import Any, Literal
 
-from litestar import Controller, MediaType, Response, delete, get, post
+from litestar import Controller, MediaType, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
@@ -134,7 +134,7 @@ class AuditController(Controller):
         run = await self._run(app, run_id, principal)
         return await asyncio.to_thread(run_summary, app, run)
 
-    @delete("/{run_id:str}", status_code=200, summary="Cancel an audit run")
+    @post("/{run_id:str}/cancel", status_code=200, summary="Cancel an audit run")
     async def cancel(self, run_id: str, state: State, principal: Principal) -> Response[dict[str, Any]]:
         app: AppState = state.assay
         run = await self._run(app, run_id, principal)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
@@ -23,7 +23,7 @@ from store.records import JobRecord
 
 
 def job_links(job_id: str) -> dict[str, str]:
-    return {"self": f"/v1/jobs/{job_id}", "cancel": f"/v1/jobs/{job_id}"}
+    return {"self": f"/v1/jobs/{job_id}", "cancel": f"/v1/jobs/{job_id}/cancel"}
 
 
 def job_body(job: JobRecord) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class GenerationController(Controller):
             raise NotFound(f"no job {job_id!r}")
         return job_body(job)
 
-    @delete("/v1/jobs/{job_id:str}", status_code=200, summary="Cancel a job")
+    @post("/v1/jobs/{job_id:str}/cancel", status_code=200, summary="Cancel a job")
     async def cancel(self, job_id: str, state: State, principal: Principal) -> Response[dict[str, Any]]:
         app: AppState = state.assay
         jobs = app.jobs()

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,7 +80,7 @@ class KeyController(Controller):
         keys = await asyncio.to_thread(app.keys().keys, principal.tenant)
         return {"keys": [key_body(k) for k in keys]}
 
-    @delete("/{key_id:str}", status_code=200, summary="Revoke an API key of this tenant")
+    @post("/{key_id:str}/revoke", status_code=200, summary="Revoke an API key of this tenant")
     async def revoke(self, key_id: str, state: State, principal: Principal) -> dict[str, Any]:
         app: AppState = state.assay
         record = await asyncio.to_thread(app.keys().revoke, key_id, principal.tenant)

@@ -120,11 +120,11 @@ def test_queued_job_can_be_cancelled(stack: Stack) -> None:
         job_id = r.json()["id"]
         assert r.headers["location"] == f"/v1/jobs/{job_id}"
         assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
-        r = c.delete(f"/v1/jobs/{job_id}")
+        r = c.post(f"/v1/jobs/{job_id}/cancel")
         assert r.status_code == 200
         assert r.json()["status"] == "cancelled"
         assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
-        assert c.delete(f"/v1/jobs/{job_id}").status_code == 409
+        assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
 
 
 def test_fairness_job_returns_group_scores_gaps_and_intervals(stack: Stack) -> None:

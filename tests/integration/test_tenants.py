@@ -243,7 +243,7 @@ def test_tenant_bs_requests_changed_nothing_of_tenant_a(world: World) -> None:
     for run in ("audit", "audit2"):
         assert world.call("a_admin", "GET", f"/v1/audits/{world.ids[run]}").json()["status"] == "queued"
     assert world.call("a_app", "GET", "/v1/policies").status_code == 200  # its key was not revoked
-    r = world.call("a_admin", "DELETE", f"/v1/jobs/{world.ids['job']}")
+    r = world.call("a_admin", "POST", f"/v1/jobs/{world.ids['job']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
 
@@ -296,7 +296,7 @@ def test_tenant_job_quota_is_429_until_a_job_finishes(world: World) -> None:
     first = _created(world.call("quota", "POST", "/v1/generations", body))
     r = world.call("quota", "POST", "/v1/generations", body)
     assert r.status_code == 429 and r.json()["quota"] == "max_active_jobs" and r.headers["retry-after"]
-    assert world.call("quota", "DELETE", f"/v1/jobs/{first}").status_code == 200
+    assert world.call("quota", "POST", f"/v1/jobs/{first}/cancel").status_code == 200
     _created(world.call("quota", "POST", "/v1/generations", body))
 
 

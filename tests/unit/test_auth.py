@@ -309,12 +309,12 @@ def test_admin_keys_manage_keys_of_their_tenant(secured: tuple[Any, dict[str, st
     assert client.get("/v1/policies", headers=new).status_code == 200
     listed = client.get("/v1/keys", headers=admin).json()["keys"]
     assert created["id"] in {k["id"] for k in listed} and all("key" not in k for k in listed)
-    assert client.delete(f"/v1/keys/{created['id']}", headers=admin).json()["revoked_at"]
+    assert client.post(f"/v1/keys/{created['id']}/revoke", headers=admin).json()["revoked_at"]
     _problem(client.get("/v1/policies", headers=new), 401, "unauthenticated")
     # Another tenant's admin does not see acme's keys, nor can revoke them.
     other = {"X-API-Key": tokens["other"]}
     assert client.get("/v1/keys", headers=other).json()["keys"][0]["tenant"] == "globex"
-    _problem(client.delete(f"/v1/keys/{listed[0]['id']}", headers=other), 404, "not-found")
+    _problem(client.post(f"/v1/keys/{listed[0]['id']}/revoke", headers=other), 404, "not-found")
     assert client.get("/v1/policies", headers=admin).status_code == 200
 
 
