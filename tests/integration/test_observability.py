@@ -138,16 +138,21 @@ def _records(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def test_request_id_reaches_worker_logs_metrics_count_and_no_raw_text_is_logged(
-    obs_stack: tuple[Stack, int],
-) -> None:
-    st, worker_port = obs_stack
+def _canary_job(prefix: str) -> tuple[str, str, dict[str, Any]]:
+    """A canary word, a request id and a generation body holding both and some PII."""
     canary = f"zebracorn{uuid.uuid4().hex[:10]}"
-    rid = f"obs-{uuid.uuid4().hex}"
     body = {
         "prompt": f"My name is Jane Doe, call me at 212-555-0199. My secret word is {canary}. Say hi.",
         "params": {"temperature": 0, "max_new_tokens": 12},
     }
+    return canary, f"{prefix}-{uuid.uuid4().hex}", body
+
+
+def test_request_id_reaches_worker_logs_metrics_count_and_no_raw_text_is_logged(
+    obs_stack: tuple[Stack, int],
+) -> None:
+    st, worker_port = obs_stack
+    canary, rid, body = _canary_job("obs")
     with st.client() as c:
         r = c.post("/v1/generations?wait=110", json=body, headers={"X-Request-ID": rid})
         assert r.status_code == 200 and r.json()["status"] == "succeeded", f"{r.text}\n{st.dump_logs()}"
@@ -184,12 +189,7 @@ def test_a_generation_is_one_trace_across_the_api_and_the_worker(
     obs_stack: tuple[Stack, int], otlp: OtlpReceiver
 ) -> None:
     st, _ = obs_stack
-    canary = f"zebracorn{uuid.uuid4().hex[:10]}"
-    rid = f"trace-{uuid.uuid4().hex}"
-    body = {
-        "prompt": f"My name is Jane Doe, call me at 212-555-0199. My secret word is {canary}. Say hi.",
-        "params": {"temperature": 0, "max_new_tokens": 12},
-    }
+    canary, rid, body = _canary_job("trace")
     with st.client() as c:
         r = c.post("/v1/generations?wait=110", json=body, headers={"X-Request-ID": rid})
     assert r.status_code == 200 and r.json()["status"] == "succeeded", f"{r.text}\n{st.dump_logs()}"
