@@ -145,11 +145,10 @@ async def await_job(app: AppState, job_id: str, timeout: float) -> JobRecord | N
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        if signalled:  # a signal without a terminal state (the task is retried): poll, never spin
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 1.5, 0.1)
-        woke = await wait_done(app.worker_settings, job_id, min(1.0, max(left, 0.01)))
-        if woke is None:
+        # After a signal that left no terminal state (the task is retried), poll once
+        # before waiting again: a signal still in the list must not make this spin.
+        woke = None if signalled else await wait_done(app.worker_settings, job_id, min(1.0, left))
+        if woke is None:  # no signal to wait on (no Redis), or the poll above
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 1.5, 0.1)
         signalled = bool(woke)

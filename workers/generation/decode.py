@@ -22,7 +22,7 @@ from evaluators.errors import InputError
 from workers.generation.loading import Loaded, forward_last_logits, load_model, prepare
 from workers.generation.options import DecodeRequest, FinishReason, GenerationOutput, GeneratorOptions
 from workers.generation.resolve import DEFAULT_MODEL_ID, ResolvedModel
-from workers.generation.running import RunningBatch
+from workers.generation.running import RunningBatch, left_padded
 from workers.generation.sampling import Row, Sampler
 
 if TYPE_CHECKING:
@@ -268,12 +268,8 @@ class Generator:
         from transformers import StaticCache
 
         model, device = state.model, state.device
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = [[state.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
-        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
-        input_ids = torch.tensor(ids, device=device)
-        attention = torch.tensor(mask, device=device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention, positions = left_padded(rows, state.pad_id, device)
+        width = int(attention.shape[1])
         capacity = width + max(r.max_new_tokens for r in rows)
         capacity = -(-capacity // 64) * 64  # round up: fewer distinct shapes to compile
         cache: Any = StaticCache(config=model.config, max_cache_len=capacity)

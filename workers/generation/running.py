@@ -30,6 +30,16 @@ def _left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+def left_padded(rows: Sequence[Row], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Prompts left-padded to one width: (input ids, attention mask, position ids counting real tokens)."""
+    width = max(len(r.prompt_ids) for r in rows)
+    ids = [[pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
+    mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
+    input_ids = torch.tensor(ids, device=device)
+    attention = torch.tensor(mask, device=device)
+    return input_ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
+
+
 class RunningBatch:
     """Rows decoding together over one dynamic KV cache; ``admit`` and ``step`` run on one thread."""
 
@@ -62,12 +72,8 @@ class RunningBatch:
         from transformers import DynamicCache
 
         s = self.state
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = [[s.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
-        mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
-        input_ids = torch.tensor(ids, device=s.device)
-        attention = torch.tensor(mask, device=s.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention, positions = left_padded(rows, s.pad_id, s.device)
+        width = int(attention.shape[1])
         cache: Any = DynamicCache(config=s.model.config)
         logits = forward_last_logits(s.model, s.cache_kwarg, input_ids, attention, positions, cache)
         sampler = Sampler.build(rows, int(s.model.config.vocab_size), s.device)
