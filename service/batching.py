@@ -6,10 +6,12 @@ as one batch, and resolves each request's future. While a batch runs, the
 next one fills by itself, so there is no fixed delay at low load and large
 batches at high load.
 
-Adaptive: a request that finds no batch in flight is dispatched at once (an
-app making one call at a time pays nothing for batching). Only while other
-batches hold the inference threads, so that a new batch would wait anyway,
-does ``wait_ms`` gather stragglers into it.
+Adaptive: a request that finds no batch in flight goes straight to the
+thread pool from the caller's task, with no queue and no hop through the drain
+task (an app making one call at a time pays nothing for batching). What
+arrives while it runs queues and goes as one batch when it ends. Only while
+other batches hold the inference threads, so that a new batch would wait
+anyway, does ``wait_ms`` gather stragglers into it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class MicroBatcher(Generic[I, R]):
         self._pending = 0
         self._inflight = 0
         """Batches handed to the executor and not finished yet (all keys)."""
+        self._direct: dict[Hashable, asyncio.Future[None]] = {}
+        """Keys with a batch sent straight from ``submit_many``, done when that batch ends."""
 
     async def submit(self, key: Hashable, item: I) -> R:
         return (await self.submit_many(key, [item]))[0]
@@ -63,6 +67,9 @@ class MicroBatcher(Generic[I, R]):
             )
         loop = asyncio.get_running_loop()
         queue = self._queues.get(key)
+        idle = not self._inflight and key not in self._direct and (queue is None or queue.empty())
+        if idle and len(items) <= self._max_batch:
+            return await self._run_direct(key, items)
         if queue is None:
             queue = self._queues[key] = asyncio.Queue()
             self._tasks[key] = loop.create_task(self._drain(key, queue))
@@ -78,10 +85,34 @@ class MicroBatcher(Generic[I, R]):
             # A timeout, not a full queue: 504 (the queue bound above is the 503).
             raise TimedOut(f"inference did not finish within {self._timeout_s:g} s") from None
 
+    async def _run_direct(self, key: Hashable, items: Sequence[I]) -> list[R]:
+        """Run ``items`` as one batch now: the idle path, no queue and no drain task."""
+        loop = asyncio.get_running_loop()
+        done = self._direct[key] = loop.create_future()
+        self._inflight += 1
+        work = loop.run_in_executor(self._executor, self._runner, key, items)
+
+        def finished(_: object) -> None:
+            # When the batch really ends, not when its caller gives up: the thread is busy until then.
+            self._inflight -= 1
+            del self._direct[key]
+            done.set_result(None)
+
+        work.add_done_callback(finished)
+        try:
+            # shield: a timeout or a cancelled caller must not cancel the batch under the callback.
+            return list(await asyncio.wait_for(asyncio.shield(work), self._timeout_s))
+        except TimeoutError:
+            raise TimedOut(f"inference did not finish within {self._timeout_s:g} s") from None
+
     async def _drain(self, key: Hashable, queue: asyncio.Queue[tuple[I, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
+            direct = self._direct.get(key)
+            if direct is not None:
+                # One batch per key at a time: what queued behind a direct batch goes together.
+                await direct
             if self._wait_s and self._inflight and queue.qsize() < self._max_batch - 1:
                 # The inference threads are busy: this batch would queue behind
                 # another anyway, so let it fill for a moment.

@@ -169,3 +169,43 @@ def test_a_busy_executor_lets_a_batch_gather(executor: ThreadPoolExecutor) -> No
 
     asyncio.run(main())
     assert ("b", [1, 2]) in calls, calls
+
+
+def test_requests_behind_a_direct_batch_go_as_one_batch(executor: ThreadPoolExecutor) -> None:
+    # The first request finds the batcher idle and runs at once; those arriving while it
+    # runs wait for it (one batch per key at a time) and then go together, not one by one.
+    runner = RecordingRunner(delay_s=0.1)
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, wait_ms=0)
+        try:
+            first = asyncio.ensure_future(batcher.submit("k", 1))
+            await asyncio.sleep(0.02)
+            assert batcher.inflight == 1
+            rest = [asyncio.ensure_future(batcher.submit("k", i)) for i in (2, 3, 4)]
+            return list(await asyncio.gather(first, *rest))
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == [2, 4, 6, 8]
+    assert runner.calls == [("k", [1]), ("k", [2, 3, 4])]
+
+
+def test_a_timed_out_direct_batch_holds_its_key_until_it_ends(executor: ThreadPoolExecutor) -> None:
+    runner = RecordingRunner(delay_s=0.2)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(runner, executor, timeout_s=0.05)
+        try:
+            with pytest.raises(TimedOut):
+                await batcher.submit("k", 1)
+            # The thread still runs the batch: it counts as in flight until it ends.
+            assert batcher.inflight == 1
+            batcher._timeout_s = 5.0
+            assert await batcher.submit("k", 2) == 4
+            assert batcher.inflight == 0
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert runner.calls == [("k", [1]), ("k", [2])]
