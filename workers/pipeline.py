@@ -30,11 +30,12 @@ from evaluators.findings import Action
 from evaluators.models import shared_model
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
 from evaluators.settings import apply_torch_threads, evaluator_settings
+from workers.check_batching import check_batcher
 from workers.drift import annotate_jobs
 from workers.generation import DecodeRequest, GenerationOutput, GeneratorOptions, get_generator
 from workers.settings import WorkerSettings, worker_settings
 from workers.stream_guard import start_guard
-from workers.tracing import checks_span, set_attributes, span
+from workers.tracing import set_attributes, span
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,8 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
     texts_per_job = [j.user_texts() for j in jobs]
     flat = [t for texts in texts_per_job for t in texts]
     t0 = time.perf_counter()
-    flat_decisions: list[Decision] = []
-    if flat:
-        with checks_span(lp.name, "input", len(flat)):
-            flat_decisions = engine.evaluate(flat, "input")
+    # Through the process's batcher: concurrent jobs' texts share one pass through the checks.
+    flat_decisions = check_batcher(lp, engine, "input").evaluate(flat)
     input_ms = round((time.perf_counter() - t0) * 1000, 1)
     decisions_per_job: list[list[Decision]] = []
     offset = 0
@@ -247,13 +246,11 @@ def guarded_batch(jobs: list[GenerationJob], settings: WorkerSettings | None = N
     # Output checks: all outputs in one batch, with their grounding context.
     t0 = time.perf_counter()
     contexts = [tuple(jobs[i].context or ()) for i in to_generate]
-    with checks_span(lp.name, "output", len(to_generate)):
-        out_decisions = engine.evaluate(
-            [outputs[i].text for i in to_generate],
-            "output",
-            contexts=contexts if any(contexts) else None,
-            extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
-        )
+    out_decisions = check_batcher(lp, engine, "output").evaluate(
+        [outputs[i].text for i in to_generate],
+        contexts=contexts if any(contexts) else None,
+        extras=[{"samples": samples[i]} for i in to_generate] if samples else None,
+    )
     output_ms = round((time.perf_counter() - t0) * 1000, 1)
     checked: dict[int, tuple[str, Decision]] = {}
     for i, decision in zip(to_generate, out_decisions, strict=True):
