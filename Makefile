@@ -8,9 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.assay-installed
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Keep in step with the llama-cpp extra in pyproject.toml.
 LLAMA_CPP_VERSION ?= 0.3.36
+# A native build (-march=native) crashes on some CPUs; these flags build a portable AVX2 library.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON
 
-.PHONY: run test setup build-models lint typecheck check bench clean bench-llama-env docker-check docker-smoke
+.PHONY: run test setup build-models lint typecheck check bench clean bench-llama-env llama-cpp docker-check docker-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,8 +60,15 @@ BENCH_LLAMA := .cache/bench-llama
 bench-llama-env: $(BENCH_LLAMA)/.built
 $(BENCH_LLAMA)/.built:
 	$(PYTHON) -m venv $(BENCH_LLAMA)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" $(BENCH_LLAMA)/bin/pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BENCH_LLAMA)/bin/pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	@touch $@
+
+# The optional llama.cpp generator engine (ASSAY_GENERATOR_ENGINE=llama-cpp) in .venv: the
+# llama-cpp extra, built from source (~4 min on 2 cores; pip reuses a wheel it built before,
+# e.g. for bench-llama-env). Not part of setup or test, whose installs stay fast.
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e ".[llama-cpp]"
+	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'ready')"
 
 # Containers (not part of `make test` or .ci/run). docker-check: static checks, no engine
 # needed. docker-smoke: build the images, run the Compose stack, exercise it, tear it down

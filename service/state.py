@@ -28,6 +28,7 @@ from store.jobs import JobStore, job_store
 from store.keys import KeyStore, key_store
 from workers.drift import build_runtime, observe_moderation
 from workers.embedded import EmbeddedWorker
+from workers.generation import require_engine
 from workers.settings import WorkerSettings, worker_settings
 from workers.tracing import checks_span, current_span_context
 
@@ -112,6 +113,8 @@ class AppState:
 
     def start_embedded_worker(self) -> None:
         if self.worker_settings.embedded and self.settings.embedded_worker:
+            # The child would exit at once (and be restarted, over and over): say why here.
+            require_engine(self.worker_settings.generator_engine)
             self.embedded_worker = EmbeddedWorker(self.worker_settings)
             self.embedded_worker.start()
 

@@ -6,7 +6,7 @@ The device and the policy folder are the evaluators' settings
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -35,6 +35,14 @@ class WorkerSettings(AssaySettings):
 
     default_queue: str = Field(default="cpu", min_length=1)
     """Queue for models not named in model_queues (ASSAY_DEFAULT_QUEUE)."""
+
+    generator_engine: Literal["transformers", "llama-cpp"] = "transformers"
+    """What decodes: transformers (torch, continuous batching of concurrent jobs) or llama-cpp (the
+    model's GGUF on llama-cpp-python, one job at a time; needs the llama-cpp extra, `make llama-cpp`)
+    (ASSAY_GENERATOR_ENGINE)."""
+
+    llama_threads: int = Field(default=0, ge=0)
+    """Threads of the llama-cpp engine; 0: every core (ASSAY_LLAMA_THREADS)."""
 
     dtype: str = "auto"
     """Generator dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (ASSAY_DTYPE)."""

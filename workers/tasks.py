@@ -15,13 +15,14 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 from evaluators.contracts import GenerationJob, JobError, Status
-from evaluators.errors import AssayError, Unavailable
+from evaluators.errors import AssayError, ConfigError, Unavailable
 from store.jobs import JobStore, job_store
 from workers.audit import audit_runner, run_store
 from workers.celery_app import app
+from workers.generation import require_engine
 from workers.leases import Leases, RedisRedeliverer, sweep_jobs
 from workers.metrics import GENERATION_BATCH_ROWS, JOB_SECONDS, JOBS_FINISHED, SWEPT, serve_worker_metrics
 from workers.pipeline import guarded_generation, warm_up
@@ -97,6 +98,17 @@ def _guarded(job_id: str, job: GenerationJob, store: JobStore) -> str:
     if result.batch_rows:
         GENERATION_BATCH_ROWS.observe(result.batch_rows)
     return result.action.value
+
+
+@worker_init.connect
+def _require_engine(**_: Any) -> None:
+    # A worker that cannot run its generator engine stops at start-up, saying how to install it,
+    # rather than failing every job. SystemExit: Celery logs and swallows a handler's exceptions.
+    try:
+        require_engine(worker_settings().generator_engine)
+    except ConfigError as exc:
+        log.critical("%s", exc.detail)
+        raise SystemExit(f"assay worker cannot start: {exc.detail}") from exc
 
 
 @worker_ready.connect

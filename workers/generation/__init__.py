@@ -17,9 +17,11 @@ Each part usable on its own, each in its own module:
 * ``continuous``: :class:`ContinuousBatcher`, the same front over per-step
   scheduling: a request joins the running batch at the next step (the default).
 * ``cache``: :func:`get_generator`, one loaded generator per process and key.
+* ``llama_engine``: the optional llama.cpp engine (``ASSAY_GENERATOR_ENGINE=llama-cpp``) behind
+  the same front, the GGUF decoded by llama-cpp-python one request at a time.
 """
 
-from workers.generation.cache import get_generator
+from workers.generation.cache import get_generator, require_engine
 from workers.generation.continuous import ContinuousBatcher
 from workers.generation.decode import Generator
 from workers.generation.options import (
@@ -52,6 +54,7 @@ __all__ = [
     "Message",
     "ResolvedModel",
     "get_generator",
+    "require_engine",
     "resolve_model",
     "sampling_params",
     "smollm2_gguf_path",

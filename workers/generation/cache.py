@@ -24,7 +24,22 @@ def get_generator(
     options = options or GeneratorOptions()
     # Options are a frozen dataclass: its repr names every field, so it keys the cache.
     key = f"generator:{model_id}:{options!r}:{cache_dir}"
+    if options.generator_engine == "llama-cpp":
+        from workers.generation.llama_engine import LlamaCppGenerator
+
+        # One request at a time through the front's thread: a Llama object takes one caller.
+        return shared_model(
+            key, lambda: BatchingGenerator(LlamaCppGenerator(model_id, options).load(), 1, 0.0)
+        )
     return shared_model(key, lambda: front(Generator(model_id, options, cache_dir).load()))
+
+
+def require_engine(engine: str) -> None:
+    """Raise ConfigError (naming the install command) when ``engine`` cannot run in this process."""
+    if engine == "llama-cpp":
+        from workers.generation.llama_engine import require_llama_cpp
+
+        require_llama_cpp()
 
 
 def front(generator: Generator) -> BatchingGenerator:

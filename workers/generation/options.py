@@ -122,10 +122,19 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+GeneratorEngine: TypeAlias = Literal["transformers", "llama-cpp"]
+ENGINES: tuple[GeneratorEngine, ...] = ("transformers", "llama-cpp")
+
+
 @dataclass(frozen=True)
 class GeneratorOptions:
     """Where and how the model runs. Mirrors the generation fields of ``WorkerSettings``."""
 
+    generator_engine: GeneratorEngine = "transformers"
+    """transformers (torch, batched decoding; the options below) or llama-cpp (the GGUF on
+    llama-cpp-python, one request at a time; only ``llama_threads`` applies)."""
+    llama_threads: int = 0
+    """Threads of the llama-cpp engine; 0: every core."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     dtype: str = "auto"
@@ -155,6 +164,12 @@ class GeneratorOptions:
     """Drop finished rows from the batch and the KV cache (ignored with compile)."""
 
     def __post_init__(self) -> None:
+        if self.generator_engine not in ENGINES:
+            raise ConfigError(
+                f"generator_engine must be one of {', '.join(ENGINES)}, not {self.generator_engine!r}"
+            )
+        if self.llama_threads < 0:
+            raise ConfigError("llama_threads must be >= 0")
         if self.attn_implementation not in {"sdpa", "eager"}:
             raise ConfigError(f"attn_implementation must be sdpa or eager, not {self.attn_implementation!r}")
         if self.dtype.lower() not in DTYPES:

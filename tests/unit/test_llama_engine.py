@@ -1,0 +1,497 @@
+"""The llama.cpp engine against a fake ``llama_cpp`` module that fails loudly when misused.
+
+The fake speaks a fixed script, byte by byte, then its end-of-turn token. It raises when its
+``Llama`` is entered from two threads at once, when it is sampled twice from the same logits,
+fed past its context, given text instead of bytes, or when a sampler chain is used after it was
+freed or freed twice; tests also check that every chain was freed and the model loaded once.
+The real library is exercised by tests/integration/test_llama_engine.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluators.contracts import ModelInfo, SamplingParams
+from evaluators.errors import ConfigError, InputError, ModelMissingError
+from evaluators.models import registry
+from workers.generation import DecodeRequest, GeneratorOptions, get_generator, require_engine
+from workers.generation.llama_engine import LlamaCppGenerator
+
+SCRIPT = "The capital of France is Paris. It is known for the Eiffel Tower, and café culture."
+EOT, START = 0, 1
+SPECIALS = {EOT: b"<|im_end|>", START: b"<|im_start|>"}
+VOCAB = 2 + 256  # the two specials, then one token per byte
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class Misuse(AssertionError):
+    """The engine used the fake library in a way the real one does not allow."""
+
+
+def byte_token(b: int) -> int:
+    return 2 + b
+
+
+class FakeLlama:
+    instances: list[FakeLlama] = []
+    model_context = 96
+    """The model's own context (small, to test the limit); ``n_ctx=0`` asks for it."""
+
+    def __init__(self, *, model_path: str, n_ctx: int, n_threads: int, n_threads_batch: int, verbose: bool):
+        if not Path(model_path).is_file():
+            raise ValueError(f"Failed to load model from file: {model_path}")
+        self.model_path, self.threads = model_path, n_threads
+        self._n_ctx = n_ctx or FakeLlama.model_context
+        self.model = object()
+        self.ctx = object()
+        self.metadata = {"tokenizer.chat_template": TEMPLATE}
+        self.tokens: list[int] = []
+        self.prompt_len = 0
+        self.fresh = False  # logits not sampled yet
+        self.tokenize_calls: list[tuple[bool, bool]] = []
+        self._inside = threading.Lock()
+        FakeLlama.instances.append(self)
+
+    # A real Llama has one context and one batch: two threads at once corrupt it.
+    def _enter(self) -> None:
+        if not self._inside.acquire(blocking=False):
+            raise Misuse("Llama used from two threads at once")
+
+    def _leave(self) -> None:
+        self._inside.release()
+
+    def n_vocab(self) -> int:
+        return VOCAB
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        if not isinstance(text, bytes):
+            raise TypeError("tokenize takes utf-8 bytes")
+        self._enter()
+        try:
+            self.tokenize_calls.append((add_bos, special))
+            out: list[int] = []
+            i = 0
+            while i < len(text):
+                for tok, s in SPECIALS.items():
+                    if special and text.startswith(s, i):
+                        out.append(tok)
+                        i += len(s)
+                        break
+                else:
+                    out.append(byte_token(text[i]))
+                    i += 1
+            return out
+        finally:
+            self._leave()
+
+    def detokenize(self, tokens: list[int], prev_tokens: Any = None, special: bool = False) -> bytes:
+        self._enter()
+        try:
+            return b"".join(
+                (SPECIALS[t] if special else b"") if t in SPECIALS else bytes([t - 2]) for t in tokens
+            )
+        finally:
+            self._leave()
+
+    def reset(self) -> None:
+        self.tokens, self.fresh = [], False
+
+    def eval(self, tokens: list[int]) -> None:
+        self._enter()
+        try:
+            time.sleep(0.0005)  # widen the window in which a second thread would be caught
+            if len(self.tokens) + len(tokens) > self._n_ctx:
+                raise Misuse(f"decode past the context ({len(self.tokens)} + {len(tokens)} > {self._n_ctx})")
+            if not self.tokens:
+                self.prompt_len = len(tokens)
+            self.tokens.extend(tokens)
+            self.fresh = True
+        finally:
+            self._leave()
+
+    def logits(self) -> list[float]:
+        """The script's next byte is the favourite; every other token gets a small fixed score."""
+        step = len(self.tokens) - self.prompt_len
+        script = SCRIPT.encode()
+        favourite = byte_token(script[step]) if step < len(script) else EOT
+        rnd = random.Random(step)
+        return [5.0 if t == favourite else rnd.random() * 3 for t in range(VOCAB)]
+
+
+class Chain:
+    live: set[Chain] = set()
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[Any, ...]] = []
+        self.history: list[int] = []
+        self.freed = False
+        Chain.live.add(self)
+
+    def check(self) -> None:
+        if self.freed:
+            raise Misuse("sampler chain used after llama_sampler_free")
+
+
+def _stage(*stage: Any) -> tuple[Any, ...]:
+    return stage
+
+
+def fake_module() -> types.ModuleType:
+    m = types.ModuleType("llama_cpp")
+    m.__version__ = "0.0-fake"  # type: ignore[attr-defined]
+    m.LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # type: ignore[attr-defined]
+    m.Llama = FakeLlama  # type: ignore[attr-defined]
+
+    def get_vocab(model: object) -> tuple[str, object]:
+        return ("vocab", model)
+
+    def is_eog(vocab: tuple[str, object], token: int) -> bool:
+        assert vocab[0] == "vocab", "is_eog takes the model's vocab"
+        return token == EOT
+
+    def chain_init(params: str) -> Chain:
+        assert params == "chain-params"
+        return Chain()
+
+    def chain_add(chain: Chain, stage: tuple[Any, ...]) -> None:
+        chain.check()
+        if chain.stages and chain.stages[-1][0] in {"greedy", "dist"}:
+            raise Misuse("a stage after the chain's final pick")
+        chain.stages.append(stage)
+
+    def accept(chain: Chain, token: int) -> None:
+        chain.check()
+        chain.history.append(int(token))
+
+    def sample(chain: Chain, ctx: object, idx: int) -> int:
+        chain.check()
+        llm = next((x for x in FakeLlama.instances if x.ctx is ctx), None)
+        if llm is None or idx != -1:
+            raise Misuse("sample takes the Llama's ctx and idx -1")
+        llm._enter()
+        try:
+            if not llm.fresh:
+                raise Misuse("sampled twice from the same logits (no eval in between)")
+            llm.fresh = False
+            token = _pick(chain, llm.logits())
+        finally:
+            llm._leave()
+        chain.history.append(token)  # llama_sampler_sample accepts what it picked
+        return token
+
+    def free(chain: Chain) -> None:
+        chain.check()
+        chain.freed = True
+        Chain.live.discard(chain)
+
+    m.llama_model_get_vocab = get_vocab  # type: ignore[attr-defined]
+    m.llama_vocab_is_eog = is_eog  # type: ignore[attr-defined]
+    m.llama_sampler_chain_default_params = lambda: "chain-params"  # type: ignore[attr-defined]
+    m.llama_sampler_chain_init = chain_init  # type: ignore[attr-defined]
+    m.llama_sampler_chain_add = chain_add  # type: ignore[attr-defined]
+    m.llama_sampler_init_greedy = lambda: _stage("greedy")  # type: ignore[attr-defined]
+    m.llama_sampler_init_temp = lambda t: _stage("temp", t)  # type: ignore[attr-defined]
+    m.llama_sampler_init_top_k = lambda k: _stage("top_k", k)  # type: ignore[attr-defined]
+    m.llama_sampler_init_top_p = lambda p, keep: _stage("top_p", p, keep)  # type: ignore[attr-defined]
+    m.llama_sampler_init_dist = lambda seed: _stage("dist", seed)  # type: ignore[attr-defined]
+    m.llama_sampler_init_penalties = lambda n, last, rep, freq, pres: _stage(  # type: ignore[attr-defined]
+        "penalties", n, last, rep, freq, pres
+    )
+    m.llama_sampler_accept = accept  # type: ignore[attr-defined]
+    m.llama_sampler_sample = sample  # type: ignore[attr-defined]
+    m.llama_sampler_free = free  # type: ignore[attr-defined]
+    return m
+
+
+def _pick(chain: Chain, logits: list[float]) -> int:
+    """The chain's stages in order, as llama.cpp applies them."""
+    cand = dict(enumerate(logits))
+    for stage in chain.stages:
+        kind = stage[0]
+        if kind == "penalties":
+            _, _, last, rep, _, _ = stage
+            for t in set(chain.history[-last:]):
+                cand[t] = cand[t] / rep if cand[t] > 0 else cand[t] * rep
+        elif kind == "temp":
+            cand = {t: v / stage[1] for t, v in cand.items()}
+        elif kind == "top_k":
+            cand = dict(sorted(cand.items(), key=lambda kv: -kv[1])[: stage[1]])
+        elif kind == "top_p":
+            top = max(cand.values())
+            probs = sorted(((t, math.exp(v - top)) for t, v in cand.items()), key=lambda kv: -kv[1])
+            total, kept, mass = sum(p for _, p in probs), {}, 0.0
+            for t, p in probs:
+                kept[t] = cand[t]
+                mass += p / total
+                if mass >= stage[1]:
+                    break
+            cand = kept
+        elif kind == "greedy":
+            return max(cand, key=lambda t: cand[t])
+        elif kind == "dist":
+            seed = stage[1]
+            rng = getattr(chain, "rng", None) or random.Random(None if seed == 0xFFFFFFFF else seed)
+            chain.rng = rng  # type: ignore[attr-defined]
+            top = max(cand.values())
+            tokens = list(cand)
+            return rng.choices(tokens, weights=[math.exp(cand[t] - top) for t in tokens])[0]
+    raise Misuse("the chain never picks a token (no greedy or dist stage)")
+
+
+@pytest.fixture
+def lib(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    module = fake_module()
+    monkeypatch.setitem(sys.modules, "llama_cpp", module)
+    FakeLlama.instances.clear()
+    Chain.live.clear()
+    registry().clear()
+    yield module
+    registry().clear()
+    assert not Chain.live, "a sampler chain was never freed"
+
+
+@pytest.fixture
+def gguf(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF fake weights")
+    return str(path)
+
+
+@pytest.fixture
+def gen(lib: types.ModuleType, gguf: str) -> LlamaCppGenerator:
+    return LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp", llama_threads=3)).load()
+
+
+def req(prompt: str = "Capital of France?", **params: Any) -> DecodeRequest:
+    n = params.pop("n", 1)
+    stream = params.pop("on_text", None)
+    cancel = params.pop("cancel", None)
+    return DecodeRequest(
+        prompt=prompt, params=SamplingParams(**params), num_return_sequences=n, on_text=stream, cancel=cancel
+    )
+
+
+def chain_of(gen: LlamaCppGenerator, **params: Any) -> list[tuple[Any, ...]]:
+    """The sampler chain the engine builds for ``params`` (recorded by the fake)."""
+    seen: list[Chain] = []
+    real_init = sys.modules["llama_cpp"].llama_sampler_chain_init
+
+    def spy(p: str) -> Chain:
+        seen.append(real_init(p))
+        return seen[-1]
+
+    sys.modules["llama_cpp"].llama_sampler_chain_init = spy  # type: ignore[attr-defined]
+    try:
+        gen.generate([req(max_new_tokens=2, **params)])
+    finally:
+        sys.modules["llama_cpp"].llama_sampler_chain_init = real_init  # type: ignore[attr-defined]
+    return seen[0].stages
+
+
+def test_greedy_follows_the_model_and_reports_length(gen: LlamaCppGenerator) -> None:
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=18)])
+    assert out.text == SCRIPT[:18]
+    assert out.finish_reason == "length" and out.completion_tokens == 18 and out.batch_rows == 1
+    assert out.prompt_tokens == len(gen.encode(req()))
+
+
+def test_end_of_turn_stops_with_reason_stop_and_is_not_in_the_text(
+    lib: types.ModuleType, gguf: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeLlama, "model_context", 512)
+    gen = LlamaCppGenerator(gguf).load()
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=300)])
+    assert out.text == SCRIPT
+    assert out.finish_reason == "stop"
+    assert out.completion_tokens == len(SCRIPT.encode()) + 1  # the end-of-turn token counts
+
+
+def test_stop_strings_cut_before_the_earliest(gen: LlamaCppGenerator) -> None:
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=60, stop=["Paris", "France"])])
+    assert out.text == "The capital of "
+    assert out.finish_reason == "stop_sequence"
+
+
+def test_the_sampler_chain_follows_hf_order_and_every_parameter(gen: LlamaCppGenerator) -> None:
+    n_ctx = gen.info()["optimizations"]["n_ctx"]
+    assert chain_of(gen, temperature=0) == [("greedy",)]
+    assert chain_of(gen, temperature=0, repetition_penalty=1.3) == [
+        ("penalties", VOCAB, n_ctx, 1.3, 0.0, 0.0),
+        ("greedy",),
+    ]
+    assert chain_of(gen, temperature=0.7, top_k=20, top_p=0.9, seed=5, repetition_penalty=1.1) == [
+        ("penalties", VOCAB, n_ctx, 1.1, 0.0, 0.0),
+        ("temp", 0.7),
+        ("top_k", 20),
+        ("top_p", 0.9, 1),
+        ("dist", 5),
+    ]
+    # Disabled stages are left out; no seed: llama.cpp's random seed.
+    assert chain_of(gen, temperature=1.0, top_k=0, top_p=1.0) == [("temp", 1.0), ("dist", 0xFFFFFFFF)]
+    assert chain_of(gen, temperature=1.0, top_k=VOCAB + 5, top_p=1.0, seed=-1) == [
+        ("temp", 1.0),
+        ("dist", 0xFFFFFFFE),  # a given seed never becomes the "random" one
+    ]
+
+
+def test_the_repetition_penalty_sees_the_prompt(gen: LlamaCppGenerator, lib: types.ModuleType) -> None:
+    chains: list[Chain] = []
+    real_init = lib.llama_sampler_chain_init
+    lib.llama_sampler_chain_init = lambda p: chains.append(real_init(p)) or chains[-1]  # type: ignore[attr-defined]
+    request = req(temperature=0, repetition_penalty=1.5, max_new_tokens=3)
+    gen.generate([request])
+    prompt = gen.encode(request)
+    assert chains[0].history[: len(prompt)] == prompt and len(chains[0].history) == len(prompt) + 3
+
+
+def test_seeds_reproduce_and_samples_use_seed_plus_i(gen: LlamaCppGenerator) -> None:
+    hot = {"temperature": 3.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 12}
+    a = gen.generate([req(seed=11, **hot)])[0]
+    b = gen.generate([req(seed=11, **hot)])[0]
+    c = gen.generate([req(seed=12, **hot)])[0]
+    assert a.text == b.text and a.text != c.text
+    three = gen.generate([req(seed=11, n=3, **hot)])[0]
+    assert three.samples[0] == a.text and three.samples[1] == c.text
+    assert len(three.sample_finish_reasons) == 3 and three.completion_tokens == 36
+
+
+def test_streaming_hands_out_whole_words_that_add_up_to_the_text(gen: LlamaCppGenerator) -> None:
+    pieces: list[str] = []
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=40, stop=["Eiffel"], on_text=pieces.append)])
+    assert "".join(pieces) == out.text
+    assert all(p.startswith(" ") for p in pieces[1:]) and len(pieces) > 3  # cut before spaces
+
+
+def test_an_incomplete_character_is_held_back_until_whole(
+    lib: types.ModuleType, gguf: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeLlama, "model_context", 512)
+    gen = LlamaCppGenerator(gguf).load()
+    pieces: list[str] = []
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=300, on_text=pieces.append)])
+    assert out.text.endswith("café culture.") and "\ufffd" not in "".join(pieces)
+
+
+def test_cancel_stops_the_decode(gen: LlamaCppGenerator) -> None:
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_text(piece: str) -> None:
+        seen.append(piece)
+        cancel.set()
+
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=60, on_text=on_text, cancel=cancel)])
+    assert out.finish_reason == "cancelled" and out.completion_tokens < 10
+    (again,) = gen.generate([req(temperature=0, max_new_tokens=60, cancel=cancel)])  # cancelled while queued
+    assert again.finish_reason == "cancelled" and again.completion_tokens == 0 and again.text == ""
+
+
+def test_chat_messages_use_the_ggufs_template_and_raw_prompts_do_not(gen: LlamaCppGenerator) -> None:
+    llm = FakeLlama.instances[0]
+    msgs = DecodeRequest(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    ids = gen.encode(msgs)
+    text = llm.detokenize(ids, special=True).decode()
+    assert (
+        text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert ids[0] == START and llm.tokenize_calls[-1] == (False, True)
+    raw = gen.encode(DecodeRequest(prompt="<|im_end|>", raw_prompt=True))
+    assert EOT not in raw and llm.tokenize_calls[-1] == (True, False)  # a user cannot inject specials
+
+
+def test_context_limits(gen: LlamaCppGenerator) -> None:
+    with pytest.raises(InputError, match="context is 96"):
+        gen.generate([req("x" * 200)])
+    (out,) = gen.generate([req(temperature=0, max_new_tokens=500)])  # clamped to what fits
+    assert out.prompt_tokens + out.completion_tokens == 96 and out.finish_reason == "length"
+
+
+def test_the_front_serves_many_threads_one_at_a_time_with_one_model(lib: types.ModuleType, gguf: str) -> None:
+    options = GeneratorOptions(generator_engine="llama-cpp")
+    front = get_generator(gguf, options)
+    assert get_generator(gguf, options) is front and len(FakeLlama.instances) == 1
+    requests = [req(f"prompt {i}", temperature=0, max_new_tokens=5 + i) for i in range(10)]
+    futures = [front.submit(r) for r in requests]
+    outs = [f.result(timeout=30) for f in futures]
+    assert [o.text for o in outs] == [SCRIPT[: 5 + i] for i in range(10)]
+    assert front.calls == 10 and max(o.queue_ms for o in outs) > 0
+    # Direct callers from many threads are serialized too (the fake raises on overlap).
+    gen = front.generator
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            gen.generate([req(temperature=0, max_new_tokens=8)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    block = ModelInfo.model_validate(front.info())
+    assert block.model_extra and block.model_extra["engine"] == "llama-cpp"
+
+
+def test_loads_lazily_once_and_reports_its_file(lib: types.ModuleType, gguf: str) -> None:
+    gen = LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp", llama_threads=3))
+    assert not gen.loaded and not FakeLlama.instances and gen.info()["loaded"] is False
+    gen.generate([req(temperature=0, max_new_tokens=2)])
+    gen.load()
+    assert len(FakeLlama.instances) == 1 and FakeLlama.instances[0].threads == 3
+    info = gen.info()
+    assert info["source"].startswith("gguf:") and len(info["revision"]) == 64 and info["path"] == gguf
+
+
+def test_only_gguf_models(lib: types.ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(ModelMissingError, match="GGUF"):
+        LlamaCppGenerator("HuggingFaceTB/SomeOtherModel").load()
+    with pytest.raises(ModelMissingError, match="GGUF"):
+        LlamaCppGenerator(str(tmp_path / "missing.gguf")).load()
+
+
+def test_a_missing_library_names_the_install_command(monkeypatch: pytest.MonkeyPatch, gguf: str) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    with pytest.raises(ConfigError, match="make llama-cpp") as caught:
+        require_engine("llama-cpp")
+    assert "ASSAY_GENERATOR_ENGINE" in caught.value.detail
+    with pytest.raises(ConfigError, match="make llama-cpp"):
+        LlamaCppGenerator(gguf).load()
+    require_engine("transformers")  # needs nothing extra
+
+
+def test_engine_setting_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import WorkerSettings
+
+    monkeypatch.setenv("ASSAY_GENERATOR_ENGINE", "llama-cpp")
+    monkeypatch.setenv("ASSAY_LLAMA_THREADS", "2")
+    settings = WorkerSettings()
+    assert settings.generator_engine == "llama-cpp"
+    options = GeneratorOptions.from_settings(settings)
+    assert options.generator_engine == "llama-cpp" and options.llama_threads == 2
+    monkeypatch.setenv("ASSAY_GENERATOR_ENGINE", "vllm")
+    with pytest.raises(ValueError, match="generator_engine"):
+        WorkerSettings()
+    with pytest.raises(ConfigError, match="generator_engine"):
+        GeneratorOptions(generator_engine="vllm")  # type: ignore[arg-type]
