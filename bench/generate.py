@@ -8,8 +8,13 @@ its end). The naive way: a loop calling ``model.generate`` once per prompt,
 model loaded once, in this process. The reference a user would pick instead:
 llama-cpp-python on the same GGUF, one request at a time (``make
 bench-llama-env`` builds it once into .cache/bench-llama; skipped without it).
-All decode greedily up to ``--tokens`` new tokens; throughput counts the tokens
-actually generated. The mixed-length part sends 8 short jobs (8 tokens) alone,
+With llama-cpp-python in .venv (``make llama-cpp``) the queue runs a third
+time on the optional llama.cpp engine (``ASSAY_GENERATOR_ENGINE=llama-cpp``:
+the same GGUF, one job at a time), so single-stream decoding compares the
+transformers path, the llama.cpp engine and the direct llama.cpp loop in one
+run. All decode greedily up to ``--tokens`` new tokens; throughput counts the
+tokens actually generated; "decode tok/s" counts them over the generator's
+own time only (no queue, checks or HTTP). The mixed-length part sends 8 short jobs (8 tokens) alone,
 then again while 4 long jobs (256 tokens) decode, and compares the short jobs'
 latency.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import os
 import statistics
@@ -112,7 +118,7 @@ def summary(latencies: list[float], generated: int, wall: float) -> dict[str, fl
 
 
 def through_queue(
-    levels: list[int], tokens: int, redis_url: str, extra_env: dict[str, str]
+    levels: list[int], tokens: int, redis_url: str, extra_env: dict[str, str], *, mixed_lengths: bool = True
 ) -> dict[str, dict[str, float]]:
     data = Path(tempfile.mkdtemp(prefix="assay-bench-gen-"))
     port = free_port()
@@ -182,7 +188,11 @@ def through_queue(
             out[str(n)]["mean_unaccounted_ms"] = statistics.fmean(
                 t["client_ms"] - t.get("total_ms", 0.0) - t.get("queue_ms", 0.0) for t in mine
             )
-        out["mixed"] = mixed(job)
+            # Decoding alone: the tokens over the generator's own time (one stream: its decode speed).
+            decode_s = sum(t.get("generate_ms", 0.0) for t in mine) / 1000
+            out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens"] / decode_s if decode_s else 0.0
+        if mixed_lengths:
+            out["mixed"] = mixed(job)
         return out
     finally:
         for p in (api, worker):
@@ -233,6 +243,7 @@ def llama_reference(python: Path, levels: list[int], tokens: int) -> dict[str, d
         res = json.loads(done.stdout)
         latencies = [r["at_s"] for r in res["results"]]
         out[str(n)] = summary(latencies, sum(int(r["tokens"]) for r in res["results"]), res["wall_s"])
+        out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens_per_s"]  # the loop does nothing else
     return out
 
 
@@ -246,6 +257,9 @@ def main() -> int:
         "--llama-python", type=Path, default=ROOT / ".cache" / "bench-llama" / "bin" / "python"
     )
     parser.add_argument("--skip-gathered", action="store_true", help="only the continuous mode")
+    parser.add_argument(
+        "--skip-llama-engine", action="store_true", help="not the queue on ASSAY_GENERATOR_ENGINE=llama-cpp"
+    )
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -259,26 +273,46 @@ def main() -> int:
             ways["gathered"] = through_queue(
                 levels, args.tokens, redis_url, {"ASSAY_CONTINUOUS_BATCHING": "false"}
             )
+        if args.skip_llama_engine:
+            pass
+        elif importlib.util.find_spec("llama_cpp") is None:
+            print("llama.cpp engine skipped: llama_cpp not importable here (make llama-cpp)", file=sys.stderr)
+        else:
+            ways["llama engine"] = through_queue(
+                levels, args.tokens, redis_url, {"ASSAY_GENERATOR_ENGINE": "llama-cpp"}, mixed_lengths=False
+            )
     ways["naive"] = {str(n): r for n, r in naive(levels, args.tokens).items()}
     llama = llama_reference(args.llama_python, levels, args.tokens)
     if llama is not None:
         ways["llama.cpp"] = llama
 
     print(
-        f"{'jobs':>5} {'way':>11} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'tokens':>7} {'vs naive':>9} {'vs llama':>9}"
+        f"{'jobs':>5} {'way':>12} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'tokens':>7} {'vs naive':>9} "
+        f"{'vs llama':>9} {'decode tok/s':>13}"
     )
     for n in map(str, levels):
         for name, res in ways.items():
             r = res[n]
             vs_naive = r["tokens_per_s"] / ways["naive"][n]["tokens_per_s"]
             vs_llama = f"{r['tokens_per_s'] / llama[n]['tokens_per_s']:>8.2f}x" if llama else "-"
+            decode = f"{r['decode_tokens_per_s']:>13.1f}" if "decode_tokens_per_s" in r else f"{'-':>13}"
             print(
-                f"{n:>5} {name:>11} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} "
-                f"{int(r['tokens']):>7} {vs_naive:>8.2f}x {vs_llama:>9}"
+                f"{n:>5} {name:>12} {r['tokens_per_s']:>8.1f} {r['p50_s']:>7.2f} {r['p99_s']:>7.2f} "
+                f"{int(r['tokens']):>7} {vs_naive:>8.2f}x {vs_llama:>9} {decode}"
             )
+    if llama and "1" in llama:
+        # Goal (a): one stream within 1.5x of llama.cpp, i.e. at least 0.67x its tokens per second.
+        print("\nsingle stream against the llama.cpp loop (tok/s ratio end to end; decoding alone):")
+        for name in ("continuous", "llama engine"):
+            if name in ways and "1" in ways[name]:
+                r, ref = ways[name]["1"], llama["1"]["tokens_per_s"]
+                print(
+                    f"{name:>12}: {r['tokens_per_s'] / ref:.2f}x end to end, "
+                    f"{r['decode_tokens_per_s'] / ref:.2f}x decoding"
+                )
     print("\nwhere a queued job's time goes (mean ms per job): queue, input checks, generator queue,")
     print("decode, output checks, and the rest (HTTP, polling, store, drift)")
-    for name in ("continuous", "gathered"):
+    for name in ("continuous", "gathered", "llama engine"):
         for n in map(str, levels):
             if name in ways:
                 r = ways[name][n]
@@ -286,7 +320,7 @@ def main() -> int:
                     "queue_ms", "input_checks_ms", "generate_queue_ms", "generate_ms", "output_checks_ms",
                     "unaccounted_ms",
                 )]  # fmt: skip
-                print(f"{name:>11} {n:>3} jobs: " + " / ".join(f"{c:.0f}" for c in cells))
+                print(f"{name:>12} {n:>3} jobs: " + " / ".join(f"{c:.0f}" for c in cells))
     print("\nmixed lengths: 8 short jobs (8 tokens) alone, then while 4 long jobs (256 tokens) decode")
     for name in ("continuous", "gathered"):
         if name in ways:

@@ -25,7 +25,9 @@ from workers.generation.llama_engine import LlamaCppGenerator
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-FRANCE = "What is the capital of France?"
+# "What is the capital of France?" alone is a near tie at the first token ("The" 25.33 against "L"
+# 25.24 in fp32), which llama.cpp's 4-bit arithmetic tips the other way; this wording is not.
+FRANCE = "Which city is the capital of France?"
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(
     not HAS_LLAMA, reason="llama-cpp-python is not installed here (optional extra: make llama-cpp)"
