@@ -199,7 +199,39 @@ class _Classifier:
 
 def _load_profanity() -> Callable[[list[str]], Any]:
     # Importing the module loads its vectorizer and model (joblib files in the wheel).
-    from profanity_check import predict_prob
+    from profanity_check import predict_prob, profanity_check
+
+    return _linear_profanity(profanity_check.vectorizer, profanity_check.model) or predict_prob
+
+
+def _linear_profanity(vectorizer: Any, model: Any) -> Callable[[list[str]], Any] | None:
+    """alt-profanity-check's probabilities without sklearn's per-call overhead, or None.
+
+    Its model averages sigmoid-calibrated linear SVMs; ``predict_proba`` validates its input
+    once per SVM and costs about 9 ms per call whatever the batch (0.3 ms per text at 32, 9 ms
+    for one text). The same arithmetic on the stacked weights is one sparse product: the same
+    probabilities (to float rounding) in well under a millisecond. None when the model is not
+    of that shape (another version of the package): ``predict_prob`` then.
+    """
+    import numpy as np
+    from scipy.special import expit
+
+    try:
+        members = list(model.calibrated_classifiers_)
+        binary = list(model.classes_) == [0, 1] and model.method == "sigmoid"
+        calibrators = [m.calibrators[0] for m in members]
+        if not binary or any(len(m.calibrators) != 1 for m in members):
+            return None
+        weights = np.stack([np.asarray(m.estimator.coef_, dtype=np.float64).ravel() for m in members], axis=1)
+        intercepts = np.array([float(np.ravel(m.estimator.intercept_)[0]) for m in members])
+        a = np.array([float(c.a_) for c in calibrators])
+        b = np.array([float(c.b_) for c in calibrators])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+    def predict_prob(texts: list[str]) -> Any:
+        decision = np.asarray(vectorizer.transform(texts) @ weights) + intercepts
+        return expit(-(a * decision + b)).mean(axis=1)
 
     return predict_prob
 

@@ -274,3 +274,27 @@ def test_int8_quantization_on_cpu(tiny_checkpoint: Path) -> None:
     assert not any(isinstance(m, torch.nn.Linear) for m in int8._classifier.detox.model.modules())
     for fa, fb in zip(a, b, strict=True):
         assert [f.score for f in fb] == pytest.approx([f.score for f in fa], abs=0.05)
+
+
+def test_profanity_tier_scores_as_alt_profanity_check(profanity: ToxicityCheck) -> None:
+    # The tier computes the package's calibrated SVM average itself (sklearn's predict_proba
+    # costs ~9 ms per call, whatever the batch): it must give the package's own probabilities.
+    import numpy as np
+    from profanity_check import predict_prob
+
+    from evaluators.checks.toxicity import _load_profanity
+
+    texts = [
+        "You are a stupid idiot and I will kill you",
+        "shut up you moron",
+        "Thanks for reviewing my pull request",
+        "sh1t happens",
+        "",
+        "Please send the invoice 1042 to billing@example.org before the end of the month.",
+    ]
+    fast = _load_profanity()
+    assert fast is not predict_prob, "the package's model changed shape: the fast path is off"
+    assert np.allclose(fast(texts), predict_prob(texts), rtol=0, atol=1e-12)
+    assert np.allclose(fast(texts[:1]), predict_prob(texts[:1]), rtol=0, atol=1e-12)
+    scores = [f.score for (f,) in run(profanity, texts)]
+    assert np.allclose(scores, predict_prob([normalize(t).folded for t in texts]), rtol=0, atol=1e-12)
