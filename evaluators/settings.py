@@ -111,7 +111,13 @@ class EvaluatorSettings(AssaySettings):
     """Torch device for classifier checks and the generator: auto, cpu or cuda (ASSAY_DEVICE)."""
 
     torch_threads: int = Field(default=0, ge=0)
-    """Intra-op threads for torch on CPU; 0 keeps the process's default (ASSAY_TORCH_THREADS)."""
+    """Intra-op threads for torch on CPU; 0 keeps the process's default (ASSAY_TORCH_THREADS).
+    ONNX Runtime sessions use the same count."""
+
+    onnx: bool = True
+    """ONNX Runtime instead of torch for the MiniLM forwards on CPU where it is faster and matches
+    fp32 torch (the abuse classifier, the PII tagger's and the drift sentence encoder); exported once
+    per set of weights into the cache dir. false: torch everywhere (ASSAY_ONNX)."""
 
     log_format: Literal["json", "text"] = "json"
     """Log lines of the API, the workers and the CLI: JSON objects or plain text (ASSAY_LOG_FORMAT)."""

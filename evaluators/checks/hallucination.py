@@ -58,10 +58,11 @@ from evaluators.checks.hallucination_nli import (
     load_nli,
     resolve_nli_folder,
 )
-from evaluators.embeddings import SentenceEncoder, sentence_encoder, split_sentences
+from evaluators.embeddings import SentenceEncoder, split_sentences
 from evaluators.errors import CheckFailed
 from evaluators.findings import Action, Finding, Span
 from evaluators.models import shared_model
+from evaluators.onnx_models import sentence_encoder
 from evaluators.settings import evaluator_settings, resolve_device
 
 SIMILARITY_ENGINE = "minilm-similarity"

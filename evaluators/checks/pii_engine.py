@@ -327,8 +327,13 @@ def resolve_ner_folder(value: str) -> Path:
 
 def load_ner_tagger(folder: Path) -> Any:
     from evaluators.ner_minilm import load_tagger
+    from evaluators.onnx_models import accelerate
 
-    return load_tagger(folder)
+    tagger = load_tagger(folder)
+    # The tagger's MiniLM pass on ONNX Runtime (same hidden states; torch when ASSAY_ONNX is off).
+    encoder = tagger.encoder
+    encoder.model = accelerate(encoder.model, "hidden_states", tokenizer=encoder.tokenizer)
+    return tagger
 
 
 def build_nlp_engine(spacy_model: str, language: str) -> Any:

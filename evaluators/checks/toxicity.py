@@ -27,6 +27,7 @@ from evaluators.checks.config import CheckConfigBase, LabelRule, Strict
 from evaluators.errors import CheckFailed, ModelMissingError
 from evaluators.findings import Action, Finding
 from evaluators.models import shared_model
+from evaluators.onnx_models import accelerate, onnx_enabled
 from evaluators.settings import PROJECT_ROOT, evaluator_settings, resolve_device
 
 # Assay's abuse labels (the default abuse-minilm checkpoint) and Detoxify's Jigsaw labels.
@@ -195,6 +196,8 @@ class _Classifier:
     engine: str
     # Fast tokenizers raise "Already borrowed" when threads share one.
     tokenizer_lock: threading.Lock
+    model: Any
+    """What scores: the ONNX Runtime graph of ``detox.model`` where it is used, else the model."""
 
 
 def _load_profanity() -> Callable[[list[str]], Any]:
@@ -384,7 +387,13 @@ def _load_classifier(tier: DetoxifyTier, folder: Path | None, device: str) -> _C
             detox.model = torch.ao.quantization.quantize_dynamic(
                 detox.model, {torch.nn.Linear}, dtype=torch.qint8
             )
-    return _Classifier(detox=detox, device=device, engine=engine, tokenizer_lock=threading.Lock())
+        model = detox.model
+    else:
+        # fp32 only: the ONNX graph must score as the fp32 model does (checked when it loads).
+        model = accelerate(detox.model, "logits", device=device, tokenizer=detox.tokenizer)
+    return _Classifier(
+        detox=detox, device=device, engine=engine, tokenizer_lock=threading.Lock(), model=model
+    )
 
 
 class ToxicityCheck(CheckBase):
@@ -413,6 +422,8 @@ class ToxicityCheck(CheckBase):
         device = resolve_device(evaluator_settings().device if tier.device == "auto" else tier.device)
         where = tier.checkpoint if folder is None else str(folder)
         precision = "int8" if tier.quantize_int8 and device == "cpu" else "fp32"
+        if precision == "fp32" and onnx_enabled(device):
+            precision += "-onnx"
         key = f"detoxify:{where}:{device}:{precision}"
         classifier = shared_model(key, lambda: _load_classifier(tier, folder, device))
         scored = classifier.detox.class_names
@@ -506,7 +517,7 @@ class ToxicityCheck(CheckBase):
 
         clf = self._classifier
         tier = self.config.detoxify
-        model = clf.detox.model
+        model = clf.model
 
         def forward(enc: Any, _batch: list[str]) -> list[list[float]]:
             rows: list[list[float]] = torch.sigmoid(model(**enc)[0].float()).cpu().tolist()

@@ -38,7 +38,7 @@ def reduce(full: np.ndarray) -> np.ndarray:
 
 def embed(texts: Sequence[str]) -> np.ndarray:
     """Reduced embeddings of ``texts`` with the process's MiniLM encoder (loaded once)."""
-    from evaluators.embeddings import sentence_encoder
+    from evaluators.onnx_models import sentence_encoder
 
     if not texts:
         return np.zeros((0, REDUCED_DIM), dtype=np.float32)
