@@ -123,11 +123,21 @@ def recipes() -> dict[str, Recipe]:
         ),
         Recipe(
             name="ner-minilm",
-            description="PII tagger for PERSON, LOCATION, ORGANIZATION: window MLP on frozen MiniLM",
+            description="PII tagger for PERSON, LOCATION, ORGANIZATION: fine-tuned MiniLM, window MLP",
             data=("ner",),
             code=("evaluators.ner_minilm", "evaluators.batched_encode", "evaluators.embeddings"),
             trainer="evaluators.ner_minilm:train_ner",
-            config={"seed": 0, "epochs": 6, "hidden": 256, "lr": 2e-3, "o_weight": 0.5, "dropout": 0.2},
+            config={
+                "seed": 0,
+                "epochs": 2,
+                "train_layers": 2,
+                "batch_size": 32,
+                "hidden": 256,
+                "lr": 1e-3,
+                "lr_encoder": 1e-4,
+                "o_weight": 0.5,
+                "dropout": 0.2,
+            },
         ),
     ]
     return {r.name: r for r in regs}
