@@ -6,11 +6,20 @@ micro-batched endpoint with the same models (plus the profanity tier).
 Both servers run as separate uvicorn processes; a load generator sends
 ~100-character texts at 1, 8 and 32 concurrent clients.
 
-    .venv/bin/python bench/moderate.py [--checkpoint .cache/models/abuse-minilm] [--requests 200] [--int8]
-        [--drift '{embed_sample: 0.1}']
+Two pairs, each measured in the same run:
 
-Assay records every text for drift (the naive handler does not): the policy's
-default embeds each text after the reply, about 10 ms of CPU per text; --drift
+- ``spacy``: names from spaCy's NER on both sides (Assay with ``ner_model:
+  null``), the comparison about serving alone;
+- ``ner-minilm``: Assay's default PII engine (the ner-minilm tagger with the
+  spaCy names it confirms) against a naive handler that adds the same tagger
+  to Presidio as a custom ``EntityRecognizer`` (what a Presidio user does to
+  add a model), run per request on torch.
+
+    .venv/bin/python bench/moderate.py [--checkpoint .cache/models/abuse-minilm] [--requests 200] [--int8]
+        [--drift '{embed_sample: 0.1}'] [--names spacy,ner-minilm] [--concurrency 1,4,8,32]
+
+Assay records every text for drift (the naive handlers do not): the policy's
+default embeds each text after the reply, one MiniLM pass per text; --drift
 shows what a sampled or disabled drift block costs.
 """
 
@@ -71,8 +80,12 @@ def free_port() -> int:
 # ---------------------------------------------------------------- the naive server
 
 
-def naive_app(checkpoint: str) -> Any:
-    """A plain handler: analyze + predict per request, models loaded once at import."""
+def naive_app(checkpoint: str, ner_model: str | None = None) -> Any:
+    """Plain handlers: analyze + predict per request, models loaded once at import.
+
+    ``/v1/moderate``: Presidio on spaCy. ``/v1/moderate-ner`` (with ``ner_model``): the same
+    analyzer plus the ner-minilm tagger as a custom recognizer, tagging each text on its own.
+    """
     from detoxify import Detoxify
     from litestar import Litestar, post
     from presidio_analyzer import AnalyzerEngine
@@ -86,7 +99,8 @@ def naive_app(checkpoint: str) -> Any:
             "models": [{"lang_code": "en", "model_name": _spacy_path()}],
         }
     )
-    analyzer = AnalyzerEngine(nlp_engine=provider.create_engine())
+    nlp_engine = provider.create_engine()
+    analyzer = AnalyzerEngine(nlp_engine=nlp_engine)
     folder = Path(checkpoint).resolve()
     # What a user does: Detoxify with a local checkpoint and its config folder.
     detox = Detoxify(checkpoint=_checkpoint_source(folder), huggingface_config_path=str(folder))
@@ -98,7 +112,48 @@ def naive_app(checkpoint: str) -> Any:
         scores = detox.predict(text)
         return {"pii": [r.to_dict() for r in pii], "scores": scores}
 
-    return Litestar([moderate])
+    handlers = [moderate]
+    if ner_model:
+        with_tagger = AnalyzerEngine(nlp_engine=nlp_engine)
+        with_tagger.registry.add_recognizer(_tagger_recognizer(Path(ner_model)))
+
+        @post("/v1/moderate-ner", sync_to_thread=True, status_code=200)
+        def moderate_ner(data: dict[str, Any]) -> dict[str, Any]:
+            text = data["text"]
+            pii = with_tagger.analyze(text=text, language="en", entities=ENTITIES)
+            scores = detox.predict(text)
+            return {"pii": [r.to_dict() for r in pii], "scores": scores}
+
+        handlers.append(moderate_ner)
+    return Litestar(handlers)
+
+
+def _tagger_recognizer(folder: Path) -> Any:
+    """The ner-minilm tagger as a Presidio user adds a model: an ``EntityRecognizer`` whose
+    ``analyze`` tags one text (torch, as the tagger loads) and returns its PERSON spans."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    from evaluators.checks.pii_recognizers import split_words
+    from evaluators.ner_minilm import load_tagger
+
+    tagger = load_tagger(folder)
+
+    class MiniLmTagger(EntityRecognizer):
+        def load(self) -> None:
+            return None
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            words = split_words(text)
+            if not words:
+                return []
+            found = tagger.tag([[w for w, _, _ in words]])[0]
+            return [
+                RecognizerResult(e.label, words[e.start][1], words[e.end - 1][2], e.score)
+                for e in found
+                if e.label in entities
+            ]
+
+    return MiniLmTagger(supported_entities=["PERSON"], name="MiniLmTagger")
 
 
 def _spacy_path() -> str:
@@ -161,6 +216,24 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) ->
     raise SystemExit(f"{url} not ready")
 
 
+PAIRS = {
+    # pair: (naive route, Assay policy, label)
+    "spacy": ("/v1/moderate", "default", "spaCy names, both sides"),
+    "ner-minilm": ("/v1/moderate-ner", "ner", "ner-minilm tagger + spaCy, both sides"),
+}
+
+
+def bench_policies(folder: Path, checkpoint: str, ner_model: str, drift: str, int8: bool) -> None:
+    """Assay's policies for the pairs: the same checks, names from spaCy or from the tagger."""
+    entities = "\n".join(f"      {e}: {{threshold: 0.5, action: redact}}" for e in ENTITIES)
+    toxicity = f"  - check: toxicity\n    detoxify: {{checkpoint: {checkpoint}, quantize_int8: {str(int8).lower()}}}\n"
+    for name, ner in (("default", "null"), ("ner", ner_model)):
+        (folder / f"{name}.yaml").write_text(
+            f"name: {name}\nversion: bench\ndrift: {drift}\noutput:\n  - check: pii\n"
+            f"    ner_model: {ner}\n    entities:\n{entities}\n{toxicity}"
+        )
+
+
 def main() -> int:
     from evaluators.runtime import configure_process
 
@@ -169,8 +242,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", default=str(ROOT / ".cache" / "models" / "abuse-minilm"))
+    parser.add_argument("--ner-model", default=str(ROOT / ".cache" / "models" / "ner-minilm"))
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--names",
+        default="spacy,ner-minilm",
+        help="pairs to run: spacy (spaCy names on both sides), ner-minilm (the tagger on both sides)",
+    )
     parser.add_argument(
         "--int8",
         action="store_true",
@@ -179,16 +258,21 @@ def main() -> int:
     parser.add_argument(
         "--drift",
         default="{}",
-        help="the bench policy's drift block (YAML flow), e.g. '{embed_sample: 0.1}' or '{enabled: false}'",
+        help="the bench policies' drift block (YAML flow), e.g. '{embed_sample: 0.1}' or '{enabled: false}'",
     )
     parser.add_argument("--serve-naive", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write results to this file")
     args = parser.parse_args()
+    pairs = [p.strip() for p in args.names.split(",") if p.strip()]
+    if unknown := [p for p in pairs if p not in PAIRS]:
+        raise SystemExit(f"unknown --names {unknown}; choose from {', '.join(PAIRS)}")
+    ner_model = args.ner_model if "ner-minilm" in pairs else ""
 
     if args.serve_naive:
         import uvicorn
 
-        uvicorn.run(naive_app(args.checkpoint), host="127.0.0.1", port=args.serve_naive, log_level="warning")
+        app = naive_app(args.checkpoint, ner_model or None)
+        uvicorn.run(app, host="127.0.0.1", port=args.serve_naive, log_level="warning")
         return 0
 
     if not Path(args.checkpoint).is_dir():
@@ -196,14 +280,12 @@ def main() -> int:
             f"no Detoxify checkpoint at {args.checkpoint}; build the default one with "
             "`assay models build abuse-minilm`"
         )
+    if ner_model and not Path(ner_model).is_dir():
+        raise SystemExit(
+            f"no ner-minilm tagger at {ner_model}; build it with `assay models build ner-minilm`"
+        )
     policy_dir = Path(tempfile.mkdtemp(prefix="assay-bench-policies-"))
-    entities = "\n".join(f"      {e}: {{threshold: 0.5, action: redact}}" for e in ENTITIES)
-    (policy_dir / "bench.yaml").write_text(
-        # ner_model: null: both sides find names with the same spaCy model, so the ratio is
-        # about serving, not engines (bench/pii_quality.py times the ner-minilm tagger).
-        f"name: default\nversion: bench\ndrift: {args.drift}\noutput:\n  - check: pii\n    ner_model: null\n    entities:\n{entities}\n"
-        f"  - check: toxicity\n    detoxify: {{checkpoint: {args.checkpoint}, quantize_int8: {str(args.int8).lower()}}}\n"
-    )
+    bench_policies(policy_dir, args.checkpoint, ner_model or "null", args.drift, args.int8)
     env = {
         **os.environ,
         "ASSAY_POLICY_DIR": str(policy_dir),
@@ -218,31 +300,48 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    naive_cmd = [sys.executable, __file__, "--serve-naive", str(naive_port), "--checkpoint", args.checkpoint]
+    naive_cmd += ["--names", ",".join(pairs), "--ner-model", args.ner_model]
     naive = subprocess.Popen(
-        [sys.executable, __file__, "--serve-naive", str(naive_port), "--checkpoint", args.checkpoint],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        naive_cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_average": os.getloadavg()}
     try:
         wait_ready(f"http://127.0.0.1:{ours_port}/readyz", ours)
         wait_ready(f"http://127.0.0.1:{naive_port}/docs", naive)
-        print(f"{'clients':>7} {'server':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(
+            f"{'clients':>7} {'pair':>10} {'server':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+        )
         for conc in [int(c) for c in args.concurrency.split(",")]:
-            bodies = [{"text": t} for t in texts(args.requests, seed=conc)]
-            row = {}
-            for name, port in (("naive", naive_port), ("assay", ours_port)):
-                r = asyncio.run(load(f"http://127.0.0.1:{port}/v1/moderate", bodies, conc))
-                row[name] = r
+            for pair in pairs:
+                route, policy, _ = PAIRS[pair]
+                bodies = [{"text": t, "policy": policy} for t in texts(args.requests, seed=conc)]
+                row = {}
+                for name, url in (
+                    ("naive", f"http://127.0.0.1:{naive_port}{route}"),
+                    ("assay", f"http://127.0.0.1:{ours_port}/v1/moderate"),
+                ):
+                    r = asyncio.run(load(url, bodies, conc))
+                    row[name] = r
+                    print(
+                        f"{conc:>7} {pair:>10} {name:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
+                        f"{r['p99_ms']:>8.1f} {r['errors']:>6}"
+                    )
+                ratio = row["assay"]["rps"] / row["naive"]["rps"]
+                p50 = row["assay"]["p50_ms"] / row["naive"]["p50_ms"]
+                p99 = row["assay"]["p99_ms"] / row["naive"]["p99_ms"]
                 print(
-                    f"{conc:>7} {name:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}"
+                    f"{conc:>7} {pair:>10} {'ratio':>8} {ratio:>7.2f}x  assay/naive p50 {p50:.2f} p99 {p99:.2f}"
                 )
-            ratio = row["assay"]["rps"] / row["naive"]["rps"]
-            p99 = row["assay"]["p99_ms"] / row["naive"]["p99_ms"]
-            print(f"{conc:>7} {'ratio':>8} {ratio:>7.2f}x  p99 assay/naive {p99:.2f}")
-            results[str(conc)] = {**row, "throughput_ratio": ratio, "p99_ratio": p99}
+                results.setdefault(pair, {})[str(conc)] = {
+                    **row,
+                    "throughput_ratio": ratio,
+                    "p50_ratio": p50,
+                    "p99_ratio": p99,
+                }
+        print("pairs: " + "; ".join(f"{p}: {PAIRS[p][2]}" for p in pairs))
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         for p in (ours, naive):
             p.terminate()
