@@ -4,7 +4,7 @@ The naive way: a plain Litestar handler that calls Presidio ``analyze`` and
 Detoxify ``predict`` per request, on the same models. Assay's way: the
 micro-batched endpoint with the same models (plus the profanity tier).
 Both servers run as separate uvicorn processes; a load generator sends
-~100-character texts at 1, 8 and 32 concurrent clients.
+~100-character texts at 1, 4, 8 and 32 concurrent clients.
 
 Two pairs, each measured in the same run:
 
@@ -244,7 +244,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", default=str(ROOT / ".cache" / "models" / "abuse-minilm"))
     parser.add_argument("--ner-model", default=str(ROOT / ".cache" / "models" / "ner-minilm"))
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", default="1,4,8,32")
     parser.add_argument(
         "--names",
         default="spacy,ner-minilm",
