@@ -13,8 +13,8 @@ time on the optional llama.cpp engine (``ASSAY_GENERATOR_ENGINE=llama-cpp``:
 the same GGUF, one job at a time), so single-stream decoding compares the
 transformers path, the llama.cpp engine and the direct llama.cpp loop in one
 run. All decode greedily up to ``--tokens`` new tokens; throughput counts the
-tokens actually generated; "decode tok/s" counts them over the generator's
-own time only (no queue, checks or HTTP). The mixed-length part sends 8 short jobs (8 tokens) alone,
+tokens actually generated; "decode tok/s" (one job) counts them over the
+generator's own time only (no queue, checks or HTTP). The mixed-length part sends 8 short jobs (8 tokens) alone,
 then again while 4 long jobs (256 tokens) decode, and compares the short jobs'
 latency.
 
@@ -188,9 +188,9 @@ def through_queue(
             out[str(n)]["mean_unaccounted_ms"] = statistics.fmean(
                 t["client_ms"] - t.get("total_ms", 0.0) - t.get("queue_ms", 0.0) for t in mine
             )
-            # Decoding alone: the tokens over the generator's own time (one stream: its decode speed).
-            decode_s = sum(t.get("generate_ms", 0.0) for t in mine) / 1000
-            out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens"] / decode_s if decode_s else 0.0
+            if n == 1:  # one stream: its tokens over the generator's own time (no queue, checks, HTTP)
+                decode_s = sum(t.get("generate_ms", 0.0) for t in mine) / 1000
+                out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens"] / decode_s if decode_s else 0.0
         if mixed_lengths:
             out["mixed"] = mixed(job)
         return out
@@ -243,7 +243,8 @@ def llama_reference(python: Path, levels: list[int], tokens: int) -> dict[str, d
         res = json.loads(done.stdout)
         latencies = [r["at_s"] for r in res["results"]]
         out[str(n)] = summary(latencies, sum(int(r["tokens"]) for r in res["results"]), res["wall_s"])
-        out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens_per_s"]  # the loop does nothing else
+        if n == 1:
+            out[str(n)]["decode_tokens_per_s"] = out[str(n)]["tokens_per_s"]  # the loop does nothing else
     return out
 
 
