@@ -119,6 +119,11 @@ class EvaluatorSettings(AssaySettings):
     fp32 torch (the abuse classifier, the PII tagger's and the drift sentence encoder); exported once
     per set of weights into the cache dir. false: torch everywhere (ASSAY_ONNX)."""
 
+    onnx_max_batch: int = Field(default=8, ge=0)
+    """Largest batch (texts per forward) ONNX Runtime runs; larger batches run on torch, which was
+    faster for full micro-batches on 2 CPU cores while ONNX Runtime was for a few texts; 0: ONNX
+    Runtime for every batch (ASSAY_ONNX_MAX_BATCH)."""
+
     log_format: Literal["json", "text"] = "json"
     """Log lines of the API, the workers and the CLI: JSON objects or plain text (ASSAY_LOG_FORMAT)."""
 

@@ -38,7 +38,9 @@ def onnx_setting() -> Iterator[Any]:
 
     def use(on: bool) -> None:
         models.registry().clear()
-        stack.append(evaluator_settings.override(evaluator_settings().model_copy(update={"onnx": on})))
+        # Every batch size on ONNX Runtime, so the comparisons cover full micro-batches too.
+        settings = evaluator_settings().model_copy(update={"onnx": on, "onnx_max_batch": 0})
+        stack.append(evaluator_settings.override(settings))
         stack[-1].__enter__()
 
     stack: list[Any] = []
@@ -210,6 +212,27 @@ def test_stand_in_returns_what_the_model_returns(tiny_bert: Any) -> None:
     assert fast.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
     # Accelerating twice is a no-op, not a second export.
     assert accelerate(fast, "hidden_states") is fast
+
+
+def test_batches_over_the_limit_run_on_torch(tiny_bert: Any) -> None:
+    fast = accelerate(tiny_bert, "last_hidden_state")
+    assert isinstance(fast, OnnxModel) and fast.max_rows == 8  # the setting's default
+    fast.max_rows = 2
+    calls: list[int] = []
+    session = fast.session
+
+    class Spy:
+        def run(self, names: Any, feeds: dict[str, Any]) -> Any:
+            calls.append(len(feeds["input_ids"]))
+            return session.run(names, feeds)
+
+    fast.session = Spy()
+    ids = torch.tensor([[101, 2023, 2003, 102]] * 3)
+    with torch.inference_mode():
+        ref = tiny_bert(input_ids=ids).last_hidden_state
+        assert torch.equal(fast(input_ids=ids).last_hidden_state, ref) and not calls
+        assert float((fast(input_ids=ids[:2]).last_hidden_state - ref[:2]).abs().max()) < 1e-4
+    assert calls == [2]
 
 
 def test_a_graph_that_differs_from_torch_is_not_used(tiny_bert: Any, monkeypatch: pytest.MonkeyPatch) -> None:
