@@ -18,13 +18,21 @@ T = TypeVar("T")
 
 
 class ModelRegistry:
-    """Loaded models by key; each loads once, under its own lock."""
+    """Loaded models by key; each loads once, and one load runs at a time.
+
+    Loads of different keys are serialized too: transformers' ``from_pretrained`` (meta-device
+    initialisation, weight tying) and the ONNX export are not thread-safe, and two threads
+    loading at once (a worker's warm-up thread and its first job) once left SmolLM2's tied
+    ``lm_head`` on the meta device ("Cannot copy out of meta tensor"). The lock is reentrant,
+    so a loader may load what it needs through the registry.
+    """
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
         self._load_s: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._loading = threading.RLock()
         self._fork_hook = False
 
     def get(self, key: str, loader: Callable[[], T]) -> T:
@@ -37,7 +45,7 @@ class ModelRegistry:
                 os.register_at_fork(after_in_child=self._reset_locks)
                 self._fork_hook = True
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._loading, lock:
             if key not in self._models:
                 started = time.perf_counter()
                 self._models[key] = loader()
@@ -61,6 +69,7 @@ class ModelRegistry:
 
     def _reset_locks(self) -> None:
         self._guard = threading.Lock()
+        self._loading = threading.RLock()
         self._locks = {}
 
 
