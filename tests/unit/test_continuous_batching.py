@@ -9,8 +9,8 @@ from concurrent.futures import Future
 import pytest
 import torch
 
+from evaluators import models
 from evaluators.errors import InputError
-from evaluators.models import registry
 from tests.unit.test_generation_batching import PROMPTS, req, solo, tiny_model, tiny_tokenizer
 from workers.generation import (
     BatchingGenerator,
@@ -151,8 +151,8 @@ def test_the_worker_gets_continuous_batching_unless_the_step_is_compiled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(Generator, "load", lambda self: self)
-    registry().clear()
+    # A registry of its own: swapped, not cleared, so a session-wide app keeps its models.
+    monkeypatch.setattr(models, "_REGISTRY", models.ModelRegistry())
     eager, compiled = get_generator("m"), get_generator("m", GeneratorOptions(compile=True))
     assert type(eager) is ContinuousBatcher and type(compiled) is BatchingGenerator
     assert eager.info()["batching"]["mode"] == "continuous"
-    registry().clear()

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from evaluators import models as model_registry
 from evaluators.contracts import ChatMessage, SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
 from evaluators.models import registry
@@ -535,7 +536,8 @@ def test_get_generator_loads_once_per_key(monkeypatch: pytest.MonkeyPatch) -> No
         return self
 
     monkeypatch.setattr(Generator, "load", fake_load)
-    registry().clear()
+    # A registry of its own: swapped, not cleared, so a session-wide app keeps its models.
+    monkeypatch.setattr(model_registry, "_REGISTRY", model_registry.ModelRegistry())
     a = get_generator("some-model")
     assert get_generator("some-model") is a
     b = get_generator("some-model", GeneratorOptions(dtype="bf16"))
@@ -544,4 +546,3 @@ def test_get_generator_loads_once_per_key(monkeypatch: pytest.MonkeyPatch) -> No
     assert sum(k.startswith("generator:some-model:") for k in registry().loaded_keys()) == 2
     a.close()
     b.close()
-    registry().clear()

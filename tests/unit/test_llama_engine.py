@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from evaluators import models
 from evaluators.contracts import ModelInfo, SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
-from evaluators.models import registry
 from workers.generation import DecodeRequest, GeneratorOptions, get_generator, require_engine
 from workers.generation.llama_engine import LlamaCppGenerator
 
@@ -260,9 +260,10 @@ def lib(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     monkeypatch.setitem(sys.modules, "llama_cpp", module)
     FakeLlama.instances.clear()
     Chain.live.clear()
-    registry().clear()
+    # A registry of the test's own (swapped, not cleared: a session-wide app keeps what it
+    # loaded, and its model-load metrics with it).
+    monkeypatch.setattr(models, "_REGISTRY", models.ModelRegistry())
     yield module
-    registry().clear()
     assert not Chain.live, "a sampler chain was never freed"
 
 

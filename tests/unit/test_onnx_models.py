@@ -33,11 +33,15 @@ LABELS = ("toxicity", "hate", "insult", "threat", "sexual", "profanity")
 
 
 @pytest.fixture
-def onnx_setting() -> Iterator[Any]:
-    """Sets ``ASSAY_ONNX`` for one test, with a fresh model registry before and after."""
+def onnx_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Sets ``ASSAY_ONNX`` for one test, each time with a fresh model registry of its own.
+
+    The process's registry is swapped, not cleared: a session-wide app (``api_client``) keeps
+    using what it loaded, and its model-load metrics must survive this test.
+    """
 
     def use(on: bool) -> None:
-        models.registry().clear()
+        monkeypatch.setattr(models, "_REGISTRY", models.ModelRegistry())
         # Every batch size on ONNX Runtime, so the comparisons cover full micro-batches too.
         settings = evaluator_settings().model_copy(update={"onnx": on, "onnx_max_batch": 0})
         stack.append(evaluator_settings.override(settings))
@@ -47,7 +51,6 @@ def onnx_setting() -> Iterator[Any]:
     yield use
     for ctx in reversed(stack):
         ctx.__exit__(None, None, None)
-    models.registry().clear()
 
 
 def built(name: str, marker: str) -> Path:
