@@ -81,8 +81,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     data = write_csv(root / "train.csv")
     out = root / "models" / "tiny-tox"
     report = tiny_train(data, out, val_fraction=0.25)
-    yield data, out, report
-    models.registry().clear()
+    # The tiny models load into a registry of this module's own (swapped, not cleared: a
+    # session-wide app keeps its models and their load metrics).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "_REGISTRY", models.ModelRegistry())
+        yield data, out, report
 
 
 def _check(checkpoint: str, **extra: object) -> ToxicityCheck:
