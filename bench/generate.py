@@ -264,8 +264,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    # Offline, before transformers loads here or in the processes started below.
-    configure_process()
+    # Offline, before transformers loads here or in the processes started below. OpenMP's own
+    # waiting here, where the naive loop and the llama.cpp reference run as a user's would
+    # (Assay's worker and API set Assay's threading defaults themselves).
+    configure_process(threading=False)
 
     ways: dict[str, dict[str, dict[str, float]]] = {}
     with running_redis() as redis_url:

@@ -237,7 +237,9 @@ def bench_policies(folder: Path, checkpoint: str, ner_model: str, drift: str, in
 def main() -> int:
     from evaluators.runtime import configure_process
 
-    configure_process()  # offline, before any model library is imported
+    # Offline, before any model library is imported. OpenMP's own waiting here and in the naive
+    # server, as a user's handler runs; Assay's server sets its threading defaults itself.
+    configure_process(threading=False)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

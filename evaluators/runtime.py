@@ -10,28 +10,45 @@ from __future__ import annotations
 import os
 
 # Assay runs offline: no model hub, no public-suffix list fetch. These must be
-# in the environment before transformers, huggingface_hub, tldextract or torch
-# (OpenMP reads its policy once) are imported; an explicit setting still wins.
+# in the environment before transformers, huggingface_hub or tldextract are
+# imported; an explicit setting still wins.
 OFFLINE_ENVIRONMENT: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
     "TOKENIZERS_PARALLELISM": "false",
-    # OpenMP threads that spin while waiting collapse under CPU contention (the API,
-    # a worker and anything else sharing the cores): measured 480 ms instead of
-    # 30 ms for one MiniLM call on 2 busy cores. Passive waiting sleeps instead.
-    "OMP_WAIT_POLICY": "PASSIVE",
     # Progress bars end up in worker logs as warnings; Assay logs its own timings.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
+# How long an idle OpenMP thread of torch spins before it sleeps (libgomp, iterations;
+# read once, when torch first runs in parallel, so it too is set before torch loads).
+# Measured on 2 cores, torch 2.13, one MiniLM call (ms) and SmolLM2 decoding (tok/s):
+#
+#   wait                      alone: ms  tok/s   another process busy on both cores: ms  tok/s
+#   libgomp default (300k)         6.0   29.0                                      480    5.4
+#   OMP_WAIT_POLICY=PASSIVE       12.1   17.1                                      9.4   17.1
+#   GOMP_SPINCOUNT=10000           5.6   30.2                                     31.6    7.5
+#
+# The default's long spin collapses when processes share the cores; passive
+# waiting halves single-process speed, since a decode step or a short forward pass
+# is hundreds of operators microseconds apart. A short spin keeps the idle speed
+# and degrades, without collapsing, under contention. An operator's own
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins (PASSIVE suits API and workers sharing
+# few cores under sustained load).
+THREADING_ENVIRONMENT: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
 
-def configure_process() -> None:
+
+def configure_process(*, threading: bool = True) -> None:
     """Set Assay's offline and threading defaults in this process's environment.
 
     Idempotent; a variable already set (by the operator) is left as it is. Child
-    processes inherit the result.
+    processes inherit the result. ``threading=False`` leaves OpenMP's own waiting
+    (benchmarks, whose naive sides and references run as a user's process would;
+    Assay's own processes they start configure themselves).
     """
     for name, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    if threading and not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys()):
+        os.environ.update(THREADING_ENVIRONMENT)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from concurrent.futures import Future
 
@@ -290,10 +289,12 @@ def warm_up(settings: WorkerSettings | None = None) -> None:
     """Build every policy's engine and load the default generator; failures are logged, not fatal."""
     settings = settings or worker_settings()
     started = time.perf_counter()
-    # A worker decodes and runs checks in other threads at the same time: half
-    # the cores for torch's intra-op pool keeps them from fighting (measured on
-    # 2 cores: 16 queued jobs went from 54 to 65 tokens/s with 1 thread).
-    threads = apply_torch_threads(default=max(1, (os.cpu_count() or 2) // 2))
+    # Every core for torch's intra-op pool, now that idle OpenMP threads spin only
+    # briefly (evaluators/runtime.py). Measured on 2 cores (bench/generate.py, 16 queued
+    # jobs of 64 tokens): 105-109 tokens/s with 2 threads against 82-91 with 1; one job
+    # alone 17-18 against 18-19. Half the cores paid only under OMP_WAIT_POLICY=PASSIVE
+    # (65 against 54). ASSAY_TORCH_THREADS overrides it.
+    threads = apply_torch_threads()
     log.info("torch uses %d threads", threads)
     try:
         for lp in worker_policies():

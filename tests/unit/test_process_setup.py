@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evaluators.errors import ConfigError
-from evaluators.runtime import OFFLINE_ENVIRONMENT, configure_process
+from evaluators.runtime import OFFLINE_ENVIRONMENT, THREADING_ENVIRONMENT, configure_process
 from evaluators.settings import AssaySettings, EvaluatorSettings, SettingsAccessor, evaluator_settings
 from service.settings import ServiceSettings
 from workers.settings import TracingSettings, WorkerSettings
@@ -45,7 +45,7 @@ def _run(code: str, env: dict[str, str]) -> dict[str, object]:
 
 def _bare_env(tmp_path: Path) -> dict[str, str]:
     """This process's environment without what ``configure_process`` sets."""
-    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENVIRONMENT}
+    env = {k: v for k, v in os.environ.items() if k not in {*OFFLINE_ENVIRONMENT, *THREADING_ENVIRONMENT}}
     return {**env, "ASSAY_DATA_DIR": str(tmp_path / "data")}
 
 
@@ -138,8 +138,20 @@ def test_configure_process_sets_offline_defaults_and_keeps_explicit_ones(
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
     assert os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] == ""
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+
+
+def test_threading_defaults_yield_to_the_operator_and_to_benchmarks(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OMP_WAIT_POLICY", *THREADING_ENVIRONMENT):
+        monkeypatch.delenv(name, raising=False)
+    configure_process(threading=False)  # a benchmark: OpenMP's own waiting, as a user's process
+    assert "GOMP_SPINCOUNT" not in os.environ
+    configure_process()
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the operator's choice is kept whole
+    configure_process()
+    assert "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_imports_change_nothing_and_configure_makes_the_hub_offline(tmp_path: Path) -> None:
@@ -166,7 +178,7 @@ def test_worker_start_configures_the_process_before_torch_loads(tmp_path: Path) 
         """
         import json, os, sys
         import workers.celery_app as c  # what `celery -A workers.celery_app worker` imports first
-        at_app = {"offline": os.environ.get("HF_HUB_OFFLINE"), "omp": os.environ.get("OMP_WAIT_POLICY"),
+        at_app = {"offline": os.environ.get("HF_HUB_OFFLINE"), "omp": os.environ.get("GOMP_SPINCOUNT"),
                   "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}
         broker = os.path.join(os.environ["ASSAY_DATA_DIR"], "broker")
         folders_at_import = os.path.exists(broker)
@@ -181,7 +193,7 @@ def test_worker_start_configures_the_process_before_torch_loads(tmp_path: Path) 
         """,
         _bare_env(tmp_path),
     )
-    assert seen["at_app"] == {"offline": "1", "omp": "PASSIVE", "torch": False, "transformers": False}
+    assert seen["at_app"] == {"offline": "1", "omp": "10000", "torch": False, "transformers": False}
     assert seen["folders_at_import"] is False
     assert seen["folders_on_use"] == ["control", "processed", "queue"]
     # Outcomes live in the job store: Celery keeps no results anywhere.
