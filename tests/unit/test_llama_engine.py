@@ -496,3 +496,18 @@ def test_engine_setting_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
         WorkerSettings()
     with pytest.raises(ConfigError, match="generator_engine"):
         GeneratorOptions(generator_engine="vllm")  # type: ignore[arg-type]
+
+
+def test_an_openmp_build_is_named_at_load(
+    lib: types.ModuleType, gguf: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In a worker, beside torch's OpenMP threads, an OpenMP llama.cpp decodes ~3x slower.
+    lib.llama_print_system_info = lambda: b"CPU : AVX2 = 1 | OPENMP = 1 | REPACK = 1 | "  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING", logger="workers.generation.llama_engine"):
+        LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp")).load()
+    assert "built with OpenMP" in caplog.text and "make llama-cpp" in caplog.text
+    caplog.clear()
+    lib.llama_print_system_info = lambda: b"CPU : AVX2 = 1 | REPACK = 1 | "  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING", logger="workers.generation.llama_engine"):
+        LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp")).load()
+    assert "OpenMP" not in caplog.text

@@ -27,6 +27,7 @@ worker calls it at start-up.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -52,10 +53,14 @@ from workers.generation.resolve import (
 )
 from workers.generation.sampling import Row
 
+log = logging.getLogger(__name__)
+
 ENGINE: GeneratorEngine = "llama-cpp"
 INSTALL = "make llama-cpp"
 """The install command (portable AVX2 build of the extra into .venv)."""
-INSTALL_PIP = 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" pip install "assay[llama-cpp]"'
+CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_OPENMP=OFF"
+INSTALL_PIP = f'CMAKE_ARGS="{CMAKE_ARGS}" pip install --no-cache-dir "assay[llama-cpp]"'
+"""Without OpenMP: beside torch's OpenMP threads, libgomp slows a second thread's team (see the Makefile)."""
 
 
 def require_llama_cpp() -> Any:
@@ -69,6 +74,12 @@ def require_llama_cpp() -> Any:
             "from source, ~4 min on 2 cores), or unset ASSAY_GENERATOR_ENGINE for the transformers engine"
         ) from exc
     return llama_cpp
+
+
+def openmp_build(lib: Any) -> bool:
+    """Whether this llama.cpp uses OpenMP threads (its system info says ``OPENMP = 1``)."""
+    info = getattr(lib, "llama_print_system_info", None)
+    return info is not None and b"OPENMP = 1" in info()
 
 
 def gguf_path(model_id: str) -> tuple[Path, str]:
@@ -143,6 +154,12 @@ class LlamaCppGenerator:
         llm = lib.Llama(
             model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, verbose=False
         )
+        if openmp_build(lib):
+            log.warning(
+                "llama-cpp-python was built with OpenMP: beside torch's OpenMP threads a worker decodes "
+                "about 3x slower; rebuild it without (`%s`)",
+                INSTALL,
+            )
         vocab = lib.llama_model_get_vocab(llm.model)
         # Every end-of-generation token (EOS, end of turn), found once.
         eog = frozenset(t for t in range(llm.n_vocab()) if lib.llama_vocab_is_eog(vocab, t))
