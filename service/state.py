@@ -17,6 +17,7 @@ from evaluators.drift.runtime import DriftRuntime
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.errors import InputError, NotReady, PayloadTooLarge
 from evaluators.policy import LoadedPolicy, PolicyStore, load_policy_dir
+from evaluators.runtime import release_openmp_threads
 from evaluators.settings import apply_torch_threads, evaluator_settings
 from service.auth import Authenticator, Principal
 from service.backpressure import QueueGuard
@@ -140,6 +141,9 @@ class AppState:
         # Drift: events go to the store through a bounded buffer; the encoder and baselines load now.
         drift = build_runtime(worker_settings())
         drift.warm_up(policies)
+        # Inference runs in the executor's thread from now on; the OpenMP pool that loading
+        # started in this thread would throttle that thread's (evaluators/runtime.py).
+        release_openmp_threads()
 
         def run(key: Hashable, items: Sequence[ModerationItem]) -> list[Decision]:
             policy_name, stage = cast(tuple[str, Stage], key)

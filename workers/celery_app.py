@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun
 from kombu import Queue
 
-from evaluators.runtime import configure_process
+from evaluators.runtime import configure_process, release_openmp_threads
 from workers.context import install_request_context
 from workers.settings import WorkerSettings, period_seconds, worker_settings
 from workers.tracing import install_task_tracing, install_tracing
@@ -112,6 +113,9 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
             **drift_schedule(settings),
         },
     )
+    # A task's thread is done with torch when the task ends: it gives its OpenMP pool back,
+    # which would otherwise throttle the decode thread's (evaluators/runtime.py).
+    task_postrun.connect(_release_openmp, weak=False, dispatch_uid="assay-release-openmp")
     if settings.embedded:
         folders = broker_folders(settings.data_dir)
 
@@ -122,6 +126,10 @@ def create_celery(settings: WorkerSettings | None = None) -> Celery:
         # weak=False: the handler is a closure nothing else holds.
         app.on_after_configure.connect(make_broker_folders, weak=False)
     return app
+
+
+def _release_openmp(**_: Any) -> None:
+    release_openmp_threads()
 
 
 app = create_celery()

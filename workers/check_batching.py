@@ -29,6 +29,7 @@ from typing import Any
 from evaluators.engine import Decision, PolicyEngine, Stage
 from evaluators.models import shared_model
 from evaluators.policy import LoadedPolicy
+from evaluators.runtime import release_openmp_threads
 from workers.tracing import checks_span, current_span_context
 
 
@@ -118,6 +119,9 @@ class CheckBatcher:
         finally:
             for call in batch:
                 call.done = True
+            # This thread is done with torch until its next batch: its OpenMP pool would
+            # throttle the decode thread's (evaluators/runtime.py).
+            release_openmp_threads()
 
     def _evaluate(self, batch: list[_Call]) -> None:
         texts = [t for c in batch for t in c.texts]

@@ -216,3 +216,38 @@ def test_benchmarks_and_devstack_import_no_test_code() -> None:
                 names = [node.module]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "tests"]
     assert offenders == []
+
+
+def test_a_thread_gives_its_openmp_threads_back(tmp_path: Path) -> None:
+    # libgomp keeps a pool per thread that ran a parallel region; too many throttle every
+    # team (evaluators/runtime.py). Releasing must end this thread's pool threads.
+    seen = _run(
+        """
+        import json, os, threading
+        from evaluators.runtime import configure_process, release_openmp_threads
+        configure_process()
+        before_torch = release_openmp_threads()
+        import torch
+        torch.set_num_threads(2)
+        counts = {}
+        def work():
+            x = torch.randn(512, 512)
+            for _ in range(5):
+                x @ x  # a parallel region: this thread gets a pool of OpenMP threads
+            counts["with_pool"] = len(os.listdir("/proc/self/task"))
+            counts["released"] = release_openmp_threads()
+            for _ in range(200):  # the pool's threads exit on their own schedule
+                if len(os.listdir("/proc/self/task")) < counts["with_pool"]:
+                    break
+                threading.Event().wait(0.01)
+            counts["after"] = len(os.listdir("/proc/self/task"))
+            x @ x  # and torch still works, with a new pool
+        t = threading.Thread(target=work)
+        t.start(); t.join()
+        print(json.dumps({"before_torch": before_torch, **counts}))
+        """,
+        _bare_env(tmp_path),
+    )
+    assert seen["before_torch"] is False
+    assert seen["released"] is True
+    assert int(str(seen["after"])) < int(str(seen["with_pool"]))
