@@ -62,11 +62,12 @@ def configure_process(*, threading: bool = True) -> None:
 def _omp_pause_all() -> Callable[[int], int] | None:
     """libgomp's ``omp_pause_resource_all`` as torch loaded it; None before torch or without libgomp."""
     torch = sys.modules.get("torch")
-    if torch is None or torch.__file__ is None:
+    noload = getattr(os, "RTLD_NOLOAD", None)  # POSIX only
+    if torch is None or torch.__file__ is None or noload is None:
         return None
     for name in (str(Path(torch.__file__).parent / "lib" / "libgomp.so.1"), "libgomp.so.1"):
         try:  # RTLD_NOLOAD: only the copy already in the process, never a second one
-            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            lib = ctypes.CDLL(name, mode=noload | os.RTLD_LAZY)
         except OSError:
             continue
         pause = getattr(lib, "omp_pause_resource_all", None)
