@@ -30,7 +30,6 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
         self._load_s: dict[str, float] = {}
-        self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._loading = threading.RLock()
         self._fork_hook = False
@@ -44,8 +43,7 @@ class ModelRegistry:
                 # A lock held by another thread at fork time would stay held in the child.
                 os.register_at_fork(after_in_child=self._reset_locks)
                 self._fork_hook = True
-            lock = self._locks.setdefault(key, threading.Lock())
-        with self._loading, lock:
+        with self._loading:  # one load at a time, every key (the class docstring says why)
             if key not in self._models:
                 started = time.perf_counter()
                 self._models[key] = loader()
@@ -65,12 +63,10 @@ class ModelRegistry:
         with self._guard:
             self._models.clear()
             self._load_s.clear()
-            self._locks.clear()
 
     def _reset_locks(self) -> None:
         self._guard = threading.Lock()
         self._loading = threading.RLock()
-        self._locks = {}
 
 
 _REGISTRY = ModelRegistry()
