@@ -10,7 +10,7 @@ llama-cpp-python on the same GGUF, one request at a time (``make
 bench-llama-env`` builds it once into .cache/bench-llama; skipped without it).
 With llama-cpp-python in .venv (``make llama-cpp``) the queue runs a third
 time on the optional llama.cpp engine (``ASSAY_GENERATOR_ENGINE=llama-cpp``:
-the same GGUF, one job at a time), so single-stream decoding compares the
+the same GGUF, concurrent jobs batched per decode step), so single-stream decoding compares the
 transformers path, the llama.cpp engine and the direct llama.cpp loop in one
 run. All decode greedily up to ``--tokens`` new tokens; throughput counts the
 tokens actually generated; "decode tok/s" (one job) counts them over the
@@ -282,7 +282,7 @@ def main() -> int:
             print("llama.cpp engine skipped: llama_cpp not importable here (make llama-cpp)", file=sys.stderr)
         else:
             ways["llama engine"] = through_queue(
-                levels, args.tokens, redis_url, {"ASSAY_GENERATOR_ENGINE": "llama-cpp"}, mixed_lengths=False
+                levels, args.tokens, redis_url, {"ASSAY_GENERATOR_ENGINE": "llama-cpp"}
             )
     ways["naive"] = {str(n): r for n, r in naive(levels, args.tokens).items()}
     llama = llama_reference(args.llama_python, levels, args.tokens)
@@ -325,8 +325,8 @@ def main() -> int:
                 )]  # fmt: skip
                 print(f"{name:>12} {n:>3} jobs: " + " / ".join(f"{c:.0f}" for c in cells))
     print("\nmixed lengths: 8 short jobs (8 tokens) alone, then while 4 long jobs (256 tokens) decode")
-    for name in ("continuous", "gathered"):
-        if name in ways:
+    for name in ("continuous", "gathered", "llama engine"):
+        if name in ways and "mixed" in ways[name]:
             m = ways[name]["mixed"]
             print(
                 f"{name:>11}: short p50/p99 alone {m['short_p50_alone_s']:.2f}/{m['short_p99_alone_s']:.2f} s, "

@@ -38,11 +38,20 @@ class WorkerSettings(AssaySettings):
 
     generator_engine: Literal["transformers", "llama-cpp"] = "transformers"
     """What decodes: transformers (torch, continuous batching of concurrent jobs) or llama-cpp (the
-    model's GGUF on llama-cpp-python, one job at a time; needs the llama-cpp extra, `make llama-cpp`)
-    (ASSAY_GENERATOR_ENGINE)."""
+    model's GGUF on llama-cpp-python, concurrent jobs batched per decode step as well; needs the
+    llama-cpp extra, `make llama-cpp`) (ASSAY_GENERATOR_ENGINE)."""
 
     llama_threads: int = Field(default=0, ge=0)
     """Threads of the llama-cpp engine; 0: every core (ASSAY_LLAMA_THREADS)."""
+
+    llama_weights: Literal["f16", "q8_0", "source"] = "f16"
+    """Weights of the llama-cpp engine: the GGUF converted once to f16 (greedy text as the
+    transformers engine's, whatever the batch; the default) or q8_0, or the GGUF as it is
+    (ASSAY_LLAMA_WEIGHTS)."""
+
+    llama_context: int = Field(default=0, ge=0)
+    """KV cache cells of the llama-cpp engine, shared by the jobs decoding at once; 0: the model's
+    training context (ASSAY_LLAMA_CONTEXT)."""
 
     dtype: str = "auto"
     """Generator dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (ASSAY_DTYPE)."""

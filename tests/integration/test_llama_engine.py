@@ -85,10 +85,12 @@ def test_seeds_reproduce_and_differ(llama: LlamaCppGenerator) -> None:
     prompt = "Write one sentence about the sea."
     a, b, c = (ask(llama, prompt, seed=s, **hot).text for s in (7, 7, 8))
     assert a == b and a != c
-    (three,) = llama.generate(
-        [DecodeRequest(prompt=prompt, params=SamplingParams(seed=7, **hot), num_return_sequences=2)]
-    )
-    assert three.samples == [a, c]  # sample i is seeded seed + i
+    two = DecodeRequest(prompt=prompt, params=SamplingParams(seed=7, **hot), num_return_sequences=2)
+    (first,) = llama.generate([two])
+    (again,) = llama.generate([two])
+    # Sample i is seeded seed + i (the unit tests check the chains); the two decode in one batch,
+    # whose arithmetic can tip a draw against decoding alone, but a call reproduces itself.
+    assert first.samples == again.samples and first.samples[0] != first.samples[1]
 
 
 @needs_llama
@@ -126,6 +128,31 @@ def test_streaming_and_concurrent_callers(llama: LlamaCppGenerator) -> None:
     ]
 
 
+# f16 weights (the default) measured 16 of 16 identical to the transformers engine, alone and in
+# one batch of 16; the as-shipped Q4_1 kernels 9 of 16 alone, and in a batch only 5 of 16 kept
+# their alone text. The gate leaves room for a near tie that another CPU's arithmetic tips.
+F16_GATE = 14
+
+
+@needs_llama
+def test_f16_weights_give_the_transformers_text_alone_and_in_a_batch(llama: LlamaCppGenerator) -> None:
+    from tests.integration.test_generator_model import GATE_PROMPTS
+    from workers.generation import Generator
+
+    assert llama.info()["dtype"] == "f16" and llama.info()["weights"].endswith(".f16.gguf")
+    requests = [
+        DecodeRequest(prompt=p, params=SamplingParams(temperature=0, max_new_tokens=32)) for p in GATE_PROMPTS
+    ]
+    reference = Generator("smollm2", GeneratorOptions(), Path(os.environ["ASSAY_MODEL_DIR"])).load()
+    expected = [o.text for o in reference.generate(requests)]
+    batched = llama.generate(requests)
+    assert max(o.batch_rows for o in batched) == len(requests)  # one batch of 16 rows
+    alone = [llama.generate([r])[0].text for r in requests]
+    same_alone = sum(a == b for a, b in zip(alone, expected, strict=True))
+    same_batched = sum(a.text == b for a, b in zip(batched, expected, strict=True))
+    assert same_alone >= F16_GATE and same_batched >= F16_GATE, (same_alone, same_batched)
+
+
 @pytest.fixture(scope="module")
 def llama_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
@@ -150,7 +177,7 @@ def test_a_job_through_the_queue_runs_on_llama_cpp(llama_stack: Stack) -> None:
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert "Paris" in result["output"] and result["finish_reason"] == "stop_sequence"
-    assert result["model"]["engine"] == "llama-cpp" and result["model"]["batching"]["max_batch_size"] == 1
+    assert result["model"]["engine"] == "llama-cpp" and result["model"]["batching"]["mode"] == "continuous"
     assert result["usage"]["completion_tokens"] > 0
 
 

@@ -24,7 +24,14 @@ import pytest
 from evaluators import models
 from evaluators.contracts import ModelInfo, SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
-from workers.generation import DecodeRequest, GeneratorOptions, get_generator, require_engine
+from workers.generation import (
+    ContinuousBatcher,
+    DecodeRequest,
+    GeneratorOptions,
+    get_generator,
+    llama_engine,
+    require_engine,
+)
 from workers.generation.llama_engine import LlamaCppGenerator
 
 SCRIPT = "The capital of France is Paris. It is known for the Eiffel Tower, and café culture."
@@ -58,9 +65,6 @@ class FakeLlama:
         self.model = object()
         self.ctx = object()
         self.metadata = {"tokenizer.chat_template": TEMPLATE}
-        self.tokens: list[int] = []
-        self.prompt_len = 0
-        self.fresh = False  # logits not sampled yet
         self.tokenize_calls: list[tuple[bool, bool]] = []
         self._inside = threading.Lock()
         FakeLlama.instances.append(self)
@@ -109,29 +113,95 @@ class FakeLlama:
         finally:
             self._leave()
 
-    def reset(self) -> None:
-        self.tokens, self.fresh = [], False
-
-    def eval(self, tokens: list[int]) -> None:
-        self._enter()
-        try:
-            time.sleep(0.0005)  # widen the window in which a second thread would be caught
-            if len(self.tokens) + len(tokens) > self._n_ctx:
-                raise Misuse(f"decode past the context ({len(self.tokens)} + {len(tokens)} > {self._n_ctx})")
-            if not self.tokens:
-                self.prompt_len = len(tokens)
-            self.tokens.extend(tokens)
-            self.fresh = True
-        finally:
-            self._leave()
-
-    def logits(self) -> list[float]:
-        """The script's next byte is the favourite; every other token gets a small fixed score."""
-        step = len(self.tokens) - self.prompt_len
+    @staticmethod
+    def logits(step: int) -> list[float]:
+        """Step ``step`` of a sequence: the script's next byte is the favourite; every other token
+        gets a small fixed score."""
         script = SCRIPT.encode()
         favourite = byte_token(script[step]) if step < len(script) else EOT
         rnd = random.Random(step)
         return [5.0 if t == favourite else rnd.random() * 3 for t in range(VOCAB)]
+
+
+class FakeContext:
+    """A decoding context: a unified KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequences."""
+
+    live: set[FakeContext] = set()
+
+    def __init__(self, llm: FakeLlama, params: types.SimpleNamespace) -> None:
+        if not params.kv_unified:
+            raise Misuse("the engine relies on a unified KV cache")
+        self.llm, self.n_ctx, self.n_batch = llm, params.n_ctx, params.n_batch
+        self.n_seq, self.threads = params.n_seq_max, params.n_threads
+        self.memory = ("memory", self)
+        self.seqs: dict[int, list[int]] = {}
+        self.prompt_len: dict[int, int] = {}
+        self.outputs: dict[int, int] = {}  # batch index -> sequence, from the last decode
+        self.decodes: list[int] = []  # tokens per decode call
+        self.max_seqs = 0  # most sequences in one decode
+        self._inside = threading.Lock()
+        self.freed = False
+        FakeContext.live.add(self)
+
+    def enter(self) -> None:
+        if self.freed:
+            raise Misuse("context used after llama_free")
+        if not self._inside.acquire(blocking=False):
+            raise Misuse("llama context used from two threads at once")
+
+    def leave(self) -> None:
+        self._inside.release()
+
+    def decode(self, batch: FakeBatch) -> int:
+        self.enter()
+        try:
+            time.sleep(0.0005)  # widen the window in which a second thread would be caught
+            n = batch.n_tokens
+            if not 0 < n <= min(self.n_batch, batch.size):
+                raise Misuse(f"a batch of {n} tokens (n_batch {self.n_batch}, allocated {batch.size})")
+            if sum(map(len, self.seqs.values())) + n > self.n_ctx:
+                return 1  # no KV slot: llama.cpp's answer, state unchanged
+            outputs: dict[int, int] = {}
+            for i in range(n):
+                seq, pos = batch.seq_id[i][0], batch.pos[i]
+                if batch.n_seq_id[i] != 1 or not 0 <= seq < self.n_seq:
+                    raise Misuse(f"token {i}: sequence {seq} outside 0..{self.n_seq - 1}")
+                cells = self.seqs.setdefault(seq, [])
+                if pos != len(cells):
+                    raise Misuse(f"sequence {seq}: token at position {pos}, expected {len(cells)}")
+                cells.append(batch.token[i])
+                if batch.logits[i]:
+                    # The first output of a sequence follows its prompt.
+                    self.prompt_len.setdefault(seq, len(cells))
+                    outputs[i] = seq
+            self.outputs = outputs
+            self.decodes.append(n)
+            self.max_seqs = max(self.max_seqs, len({batch.seq_id[i][0] for i in range(n)}))
+            return 0
+        finally:
+            self.leave()
+
+    def sample_logits(self, idx: int) -> list[float]:
+        if idx not in self.outputs:
+            raise Misuse(f"batch index {idx} has no logits (sampled twice, or not an output)")
+        seq = self.outputs.pop(idx)
+        return FakeLlama.logits(len(self.seqs[seq]) - self.prompt_len[seq])
+
+    def seq_rm(self, seq: int) -> None:
+        self.seqs.pop(seq, None)
+        self.prompt_len.pop(seq, None)
+
+
+class FakeBatch:
+    def __init__(self, size: int) -> None:
+        self.size, self.n_tokens, self.freed = size, 0, False
+        self.token, self.pos, self.n_seq_id = [0] * size, [0] * size, [0] * size
+        self.seq_id, self.logits = [[0] for _ in range(size)], [0] * size
+
+
+class Quantized:
+    calls: list[tuple[str, str, int, bool]] = []
+    fail = False
 
 
 class Chain:
@@ -179,21 +249,78 @@ def fake_module() -> types.ModuleType:
         chain.check()
         chain.history.append(int(token))
 
-    def sample(chain: Chain, ctx: object, idx: int) -> int:
+    def sample(chain: Chain, ctx: FakeContext, idx: int) -> int:
         chain.check()
-        llm = next((x for x in FakeLlama.instances if x.ctx is ctx), None)
-        if llm is None or idx != -1:
-            raise Misuse("sample takes the Llama's ctx and idx -1")
-        llm._enter()
+        if not isinstance(ctx, FakeContext):
+            raise Misuse("sample takes the decoding context")
+        ctx.enter()
         try:
-            if not llm.fresh:
-                raise Misuse("sampled twice from the same logits (no eval in between)")
-            llm.fresh = False
-            token = _pick(chain, llm.logits())
+            token = _pick(chain, ctx.sample_logits(idx))
         finally:
-            llm._leave()
+            ctx.leave()
         chain.history.append(token)  # llama_sampler_sample accepts what it picked
         return token
+
+    def init_from_model(model: object, params: types.SimpleNamespace) -> FakeContext:
+        llm = next(x for x in FakeLlama.instances if x.model is model)
+        return FakeContext(llm, params)
+
+    def free_context(ctx: FakeContext) -> None:
+        if ctx.freed:
+            raise Misuse("llama_free twice")
+        ctx.freed = True
+        FakeContext.live.discard(ctx)
+
+    def batch_init(n: int, embd: int, n_seq: int) -> FakeBatch:
+        assert embd == 0 and n_seq == 1, "token batches, one sequence per token"
+        return FakeBatch(n)
+
+    def batch_free(batch: FakeBatch) -> None:
+        if batch.freed:
+            raise Misuse("llama_batch_free twice")
+        batch.freed = True
+
+    def memory(ctx: FakeContext) -> tuple[str, FakeContext]:
+        return ctx.memory
+
+    def memory_clear(mem: tuple[str, FakeContext], data: bool) -> None:
+        mem[1].seqs.clear()
+        mem[1].prompt_len.clear()
+
+    def seq_rm(mem: tuple[str, FakeContext], seq: int, p0: int, p1: int) -> bool:
+        assert (p0, p1) == (-1, -1), "whole sequences leave"
+        mem[1].seq_rm(seq)
+        return True
+
+    def quantize(src: bytes, dst: bytes, params: types.SimpleNamespace) -> int:
+        Quantized.calls.append((src.decode(), dst.decode(), params.ftype, params.allow_requantize))
+        if Quantized.fail:
+            return 1
+        Path(dst.decode()).write_bytes(
+            b"GGUF " + str(params.ftype).encode() + b" " + Path(src.decode()).read_bytes()
+        )
+        return 0
+
+    m.LLAMA_FTYPE_MOSTLY_F16 = 1  # type: ignore[attr-defined]
+    m.LLAMA_FTYPE_MOSTLY_Q8_0 = 7  # type: ignore[attr-defined]
+    m.llama_model_quantize_default_params = lambda: types.SimpleNamespace(  # type: ignore[attr-defined]
+        ftype=0, allow_requantize=False, nthread=0
+    )
+    m.llama_model_quantize = quantize  # type: ignore[attr-defined]
+    m.llama_context_default_params = lambda: types.SimpleNamespace(  # type: ignore[attr-defined]
+        n_ctx=0, n_batch=2048, n_ubatch=512, n_seq_max=1, n_threads=4, n_threads_batch=4, kv_unified=False,
+        no_perf=False,
+    )  # fmt: skip
+    m.llama_init_from_model = init_from_model  # type: ignore[attr-defined]
+    m.llama_free = free_context  # type: ignore[attr-defined]
+    m.llama_n_ctx = lambda ctx: ctx.n_ctx  # type: ignore[attr-defined]
+    m.llama_model_n_ctx_train = lambda model: FakeLlama.model_context  # type: ignore[attr-defined]
+    m.llama_batch_init = batch_init  # type: ignore[attr-defined]
+    m.llama_batch_free = batch_free  # type: ignore[attr-defined]
+    m.llama_get_memory = memory  # type: ignore[attr-defined]
+    m.llama_memory_clear = memory_clear  # type: ignore[attr-defined]
+    m.llama_memory_seq_rm = seq_rm  # type: ignore[attr-defined]
+    m.llama_decode = lambda ctx, batch: ctx.decode(batch)  # type: ignore[attr-defined]
 
     def free(chain: Chain) -> None:
         chain.check()
@@ -255,10 +382,15 @@ def _pick(chain: Chain, logits: list[float]) -> int:
 
 
 @pytest.fixture
-def lib(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+def lib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[types.ModuleType]:
     module = fake_module()
     monkeypatch.setitem(sys.modules, "llama_cpp", module)
+    # Converted weights go to the test's own folder, not the project's model cache.
+    monkeypatch.setattr(llama_engine, "default_cache_dir", lambda: tmp_path / "models")
+    Quantized.calls.clear()
+    monkeypatch.setattr(Quantized, "fail", False)
     FakeLlama.instances.clear()
+    FakeContext.live.clear()
     Chain.live.clear()
     # A registry of the test's own (swapped, not cleared: a session-wide app keeps what it
     # loaded, and its model-load metrics with it).
@@ -426,22 +558,25 @@ def test_context_limits(gen: LlamaCppGenerator) -> None:
     assert out.prompt_tokens + out.completion_tokens == 96 and out.finish_reason == "length"
 
 
-def test_the_front_serves_many_threads_one_at_a_time_with_one_model(lib: types.ModuleType, gguf: str) -> None:
+def test_the_front_batches_many_threads_on_one_model(lib: types.ModuleType, gguf: str) -> None:
     options = GeneratorOptions(generator_engine="llama-cpp")
     front = get_generator(gguf, options)
     assert get_generator(gguf, options) is front and len(FakeLlama.instances) == 1
+    assert isinstance(front, ContinuousBatcher)
     requests = [req(f"prompt {i}", temperature=0, max_new_tokens=5 + i) for i in range(10)]
     futures = [front.submit(r) for r in requests]
     outs = [f.result(timeout=30) for f in futures]
     assert [o.text for o in outs] == [SCRIPT[: 5 + i] for i in range(10)]
-    assert front.calls == 10 and max(o.queue_ms for o in outs) > 0
-    # Direct callers from many threads are serialized too (the fake raises on overlap).
+    (ctx,) = FakeContext.live
+    assert ctx.max_seqs > 1 and max(o.batch_rows for o in outs) > 1  # they shared decode steps
+    # Direct callers from many threads are serialized on the same context (the fake raises on overlap).
     gen = front.generator
     errors: list[BaseException] = []
 
     def call() -> None:
         try:
-            gen.generate([req(temperature=0, max_new_tokens=8)])
+            (out,) = gen.generate([req(temperature=0, max_new_tokens=8)])
+            assert out.text == SCRIPT[:8]
         except BaseException as exc:
             errors.append(exc)
 
@@ -451,8 +586,96 @@ def test_the_front_serves_many_threads_one_at_a_time_with_one_model(lib: types.M
     for t in threads:
         t.join()
     assert not errors
+    assert front.submit(req(temperature=0, max_new_tokens=4)).result(timeout=30).text == SCRIPT[:4]
     block = ModelInfo.model_validate(front.info())
     assert block.model_extra and block.model_extra["engine"] == "llama-cpp"
+    assert block.model_extra["batching"]["mode"] == "continuous"
+
+
+def test_requests_of_one_call_decode_together_each_as_alone(
+    lib: types.ModuleType, gguf: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeLlama, "model_context", 512)
+    gen = LlamaCppGenerator(gguf).load()
+    hot = {"temperature": 3.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 10}
+    alone = [gen.generate([req(seed=s, **hot)])[0].text for s in (1, 2)]
+    outs = gen.generate(
+        [req("a", temperature=0, max_new_tokens=12), req(seed=1, **hot), req("bb", seed=2, n=2, **hot)]
+    )
+    assert outs[0].text == SCRIPT[:12] and outs[1].text == alone[0] and outs[2].samples[0] == alone[1]
+    assert all(o.batch_rows == 4 for o in outs)
+    (ctx,) = FakeContext.live
+    assert ctx.max_seqs == 4 and not ctx.seqs  # every sequence left the cache
+
+
+def test_a_job_joins_mid_decode_and_a_short_one_leaves_first(
+    lib: types.ModuleType, gguf: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeLlama, "model_context", 512)
+    front = get_generator(gguf, GeneratorOptions(generator_engine="llama-cpp"))
+    started, cancel = threading.Event(), threading.Event()
+    # Past the script it keeps picking end-of-turn, which it ignores: it runs until cancelled.
+    long = front.submit(
+        DecodeRequest(
+            prompt="long", params=SamplingParams(temperature=0, max_new_tokens=450), ignore_eos=True,
+            on_text=lambda _: started.set(), cancel=cancel,
+        )
+    )  # fmt: skip
+    assert started.wait(10)  # the long job is decoding
+    short = front.submit(req("short", temperature=0, max_new_tokens=3)).result(timeout=10)
+    assert short.text == SCRIPT[:3] and short.batch_rows == 2  # it joined the running batch
+    assert not long.done()  # and left it first
+    cancel.set()
+    out = long.result(timeout=10)
+    assert out.finish_reason == "cancelled" and out.completion_tokens > 3 and SCRIPT.startswith(out.text)
+    (ctx,) = FakeContext.live
+    assert not ctx.seqs
+
+
+def test_long_prompts_prefill_in_chunks_beside_decoding_rows(
+    gen: LlamaCppGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (ctx,) = FakeContext.live
+    monkeypatch.setattr(ctx, "n_batch", 8)  # the engine's LLAMA_BATCH, made small for the fake
+    monkeypatch.setattr(gen._state().context, "n_batch", 8)
+    outs = gen.generate(
+        [req("x", temperature=0, max_new_tokens=30), req("y" * 40, temperature=0, max_new_tokens=5)]
+    )
+    assert [o.text for o in outs] == [SCRIPT[:30], SCRIPT[:5]]
+    assert max(ctx.decodes) == 8 and len(ctx.decodes) >= 40 // 8
+
+
+def test_a_row_that_does_not_fit_the_cache_waits_for_cells(gen: LlamaCppGenerator) -> None:
+    # 96 cells: each request reserves its prompt and 60 tokens, so the second waits for the first.
+    outs = gen.generate(
+        [req("p", temperature=0, max_new_tokens=60), req("q", temperature=0, max_new_tokens=60)]
+    )
+    assert [o.text for o in outs] == [SCRIPT[:60]] * 2
+    (ctx,) = FakeContext.live
+    assert ctx.max_seqs == 1
+
+
+def test_more_rows_than_sequences_reuse_them(lib: types.ModuleType, gguf: str) -> None:
+    gen = LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp", max_batch_size=2)).load()
+    outs = gen.generate([req(temperature=0, max_new_tokens=3 + i) for i in range(5)])
+    assert [o.text for o in outs] == [SCRIPT[: 3 + i] for i in range(5)]
+    (ctx,) = FakeContext.live
+    assert ctx.n_seq == 2 and ctx.max_seqs == 2
+
+
+def test_a_failed_step_fails_its_jobs_and_the_next_job_starts_clean(
+    lib: types.ModuleType, gguf: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front = get_generator(gguf, GeneratorOptions(generator_engine="llama-cpp"))
+    assert front.submit(req(temperature=0, max_new_tokens=3)).result(timeout=10).text == SCRIPT[:3]
+    (ctx,) = FakeContext.live
+    real = ctx.decode
+    monkeypatch.setattr(ctx, "decode", lambda batch: -3)  # a fatal llama_decode error
+    with pytest.raises(RuntimeError, match="llama_decode returned -3"):
+        front.submit(req(temperature=0, max_new_tokens=3)).result(timeout=10)
+    monkeypatch.setattr(ctx, "decode", real)
+    assert front.submit(req(temperature=0, max_new_tokens=5)).result(timeout=10).text == SCRIPT[:5]
+    assert not Chain.live
 
 
 def test_loads_lazily_once_and_reports_its_file(lib: types.ModuleType, gguf: str) -> None:
@@ -511,3 +734,36 @@ def test_an_openmp_build_is_named_at_load(
     with caplog.at_level("WARNING", logger="workers.generation.llama_engine"):
         LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp")).load()
     assert "OpenMP" not in caplog.text
+
+
+def test_weights_convert_once_to_f16_by_default_and_source_loads_the_gguf(
+    lib: types.ModuleType, gguf: str, tmp_path: Path
+) -> None:
+    gen = LlamaCppGenerator(gguf).load()
+    ((src, _, ftype, requantize),) = Quantized.calls
+    assert src == gguf and ftype == lib.LLAMA_FTYPE_MOSTLY_F16 and requantize
+    info = gen.info()
+    dst = info["weights"]
+    assert info["dtype"] == "f16" and dst.endswith(".f16.gguf") and Path(dst).parent == tmp_path / "models"
+    assert info["path"] == gguf and FakeLlama.instances[-1].model_path == dst
+    assert not list((tmp_path / "models").glob(".*tmp*"))  # no half-written file left
+    LlamaCppGenerator(gguf).load()  # a second process finds the file: no conversion
+    assert len(Quantized.calls) == 1
+    q8 = LlamaCppGenerator(gguf, GeneratorOptions(generator_engine="llama-cpp", llama_weights="q8_0")).load()
+    assert Quantized.calls[-1][2] == lib.LLAMA_FTYPE_MOSTLY_Q8_0 and q8.info()["weights"] != dst
+    plain = LlamaCppGenerator(
+        gguf, GeneratorOptions(generator_engine="llama-cpp", llama_weights="source")
+    ).load()
+    assert len(Quantized.calls) == 2 and FakeLlama.instances[-1].model_path == gguf
+    assert plain.info()["weights"] == gguf and plain.info()["dtype"] == "source"
+    with pytest.raises(ConfigError, match="llama_weights"):
+        GeneratorOptions(llama_weights="q2_k")  # type: ignore[arg-type]
+
+
+def test_a_failed_conversion_names_the_way_out_and_leaves_nothing(
+    lib: types.ModuleType, gguf: str, tmp_path: Path
+) -> None:
+    Quantized.fail = True
+    with pytest.raises(ModelMissingError, match="ASSAY_LLAMA_WEIGHTS=source"):
+        LlamaCppGenerator(gguf).load()
+    assert not [p for p in (tmp_path / "models").iterdir() if p.suffix == ".gguf" or "tmp" in p.name]

@@ -18,7 +18,9 @@ Each part usable on its own, each in its own module:
   scheduling: a request joins the running batch at the next step (the default).
 * ``cache``: :func:`get_generator`, one loaded generator per process and key.
 * ``llama_engine``: the optional llama.cpp engine (``ASSAY_GENERATOR_ENGINE=llama-cpp``) behind
-  the same front, the GGUF decoded by llama-cpp-python one request at a time.
+  the same front: the GGUF (converted once to f16) on llama-cpp-python.
+* ``llama_batch``: :class:`LlamaRunningBatch`, its rows as llama.cpp sequences, one
+  ``llama_decode`` per step for all of them.
 """
 
 from workers.generation.cache import get_generator, require_engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluators.models import shared_model
 from workers.generation.continuous import ContinuousBatcher
@@ -10,6 +11,9 @@ from workers.generation.decode import Generator
 from workers.generation.options import GeneratorOptions
 from workers.generation.resolve import DEFAULT_MODEL_ID
 from workers.generation.scheduler import BatchingGenerator
+
+if TYPE_CHECKING:
+    from workers.generation.llama_engine import LlamaCppGenerator
 
 
 def get_generator(
@@ -27,10 +31,7 @@ def get_generator(
     if options.generator_engine == "llama-cpp":
         from workers.generation.llama_engine import LlamaCppGenerator
 
-        # One request at a time through the front's thread: a Llama object takes one caller.
-        return shared_model(
-            key, lambda: BatchingGenerator(LlamaCppGenerator(model_id, options).load(), 1, 0.0)
-        )
+        return shared_model(key, lambda: front(LlamaCppGenerator(model_id, options, cache_dir).load()))
     return shared_model(key, lambda: front(Generator(model_id, options, cache_dir).load()))
 
 
@@ -42,11 +43,12 @@ def require_engine(engine: str) -> None:
         require_llama_cpp()
 
 
-def front(generator: Generator) -> BatchingGenerator:
+def front(generator: Generator | LlamaCppGenerator) -> BatchingGenerator:
     """Continuous batching where rows can join a running batch; else batches gathered per call.
 
     A compiled decode step runs over a static KV cache of fixed shape, which
-    rows cannot join mid-decode; it keeps the gathering front.
+    rows cannot join mid-decode; it keeps the gathering front. The llama.cpp
+    engine always can.
     """
     if generator.options.continuous_batching and generator.continuous:
         return ContinuousBatcher(generator)

@@ -14,15 +14,41 @@ fill a batch).
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from workers.generation.decode import Generator
-from workers.generation.running import RunningBatch
+from workers.generation.options import DecodeRequest, GenerationOutput
 from workers.generation.sampling import Row
 from workers.generation.scheduler import CLOSE, BatchingGenerator, Pending, with_queue_ms
+
+
+class StepBatch(Protocol):
+    """Rows decoding together: ``RunningBatch`` (transformers) or ``LlamaRunningBatch`` (llama.cpp)."""
+
+    def __len__(self) -> int: ...
+
+    def admit(self, rows: Sequence[Row]) -> None: ...
+
+    def step(self) -> list[Row]: ...
+
+
+class StepGenerator(Protocol):
+    """What the per-step loop needs of an engine: rows of a request, a batch, outputs, a lock."""
+
+    def rows_for(self, request: DecodeRequest, index: int = 0) -> tuple[list[Row], int]: ...
+
+    def running_batch(self) -> StepBatch: ...
+
+    def output(
+        self, rows: Sequence[Row], prompt_tokens: int, spent_ms: float, peers: int
+    ) -> GenerationOutput: ...
+
+    @property
+    def lock(self) -> threading.Lock: ...
 
 
 @dataclass
@@ -41,11 +67,11 @@ class Active:
 
 
 class ContinuousBatcher(BatchingGenerator):
-    """``BatchingGenerator``'s interface over per-step scheduling of a :class:`Generator`."""
+    """``BatchingGenerator``'s interface over per-step scheduling of a :class:`StepGenerator`."""
 
-    generator: Generator
+    generator: StepGenerator
 
-    def __init__(self, generator: Generator, max_batch_size: int | None = None) -> None:
+    def __init__(self, generator: StepGenerator, max_batch_size: int | None = None) -> None:
         super().__init__(generator, max_batch_size=max_batch_size, batch_wait_ms=0)
         self.steps = 0
         """Decode steps run so far (each one forward pass over the running batch)."""
@@ -57,7 +83,7 @@ class ContinuousBatcher(BatchingGenerator):
 
     def _loop(self) -> None:
         gen = self.generator
-        batch: RunningBatch = gen.running_batch()
+        batch = gen.running_batch()
         waiting: deque[Pending] = deque()
         active: dict[int, Active] = {}
         serial = 0

@@ -14,10 +14,12 @@ length limits, cancellation and streaming reuse the transformers engine's
 :class:`~workers.generation.sampling.Row`, so outputs are cut and published
 the same way (whole words, never text a stop string may still claim).
 
-Concurrency: a ``Llama`` object is not safe to call from two threads, and on a
-few cores one decode already uses them all, so requests are served one at a
-time, in arrival order, by the front's single thread (and ``generate`` holds a
-lock for direct callers). No batching: a request waits for those before it.
+Concurrency: requests share one ``llama_decode`` per step on a context of the
+engine's own (:mod:`workers.generation.llama_batch`): under the
+``ContinuousBatcher`` front a job joins the running batch at the next step and
+leaves when done, as on the transformers engine; ``generate`` batches the
+requests of one call the same way. A ``Llama`` object is not safe to call from
+two threads, so every use of it holds the generator's lock.
 
 llama-cpp-python is an optional extra built from source (``make llama-cpp``);
 :func:`require_llama_cpp` names that command when it is missing, and the
@@ -37,6 +39,7 @@ from typing import Any
 
 from evaluators.contracts import SamplingParams
 from evaluators.errors import ConfigError, InputError, ModelMissingError
+from workers.generation.llama_batch import LlamaContext, LlamaRunningBatch
 from workers.generation.options import (
     DecodeRequest,
     FinishReason,
@@ -48,6 +51,7 @@ from workers.generation.resolve import (
     DEFAULT_MODEL_ID,
     SMOLLM2_ALIASES,
     SMOLLM2_REPO_ID,
+    _file_lock,
     _file_sha256,
     smollm2_gguf_path,
 )
@@ -59,6 +63,8 @@ ENGINE: GeneratorEngine = "llama-cpp"
 INSTALL = "make llama-cpp"
 """The install command (portable AVX2 build of the extra into .venv)."""
 CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_OPENMP=OFF"
+LLAMA_BATCH = 512
+"""Most tokens in one ``llama_decode``: every decoding row's next token, then prompt chunks."""
 INSTALL_PIP = f'CMAKE_ARGS="{CMAKE_ARGS}" pip install --no-cache-dir "assay[llama-cpp]"'
 """Without OpenMP: beside torch's OpenMP threads, libgomp slows a second thread's team (see the Makefile)."""
 
@@ -96,6 +102,53 @@ def gguf_path(model_id: str) -> tuple[Path, str]:
     )
 
 
+WEIGHT_FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+"""``llama_weights`` other than ``source``: the llama.cpp file type the GGUF is converted to."""
+
+
+def default_cache_dir() -> Path:
+    """The settings' model_dir, where the transformers engine keeps its conversion too."""
+    from evaluators.settings import evaluator_settings
+
+    return evaluator_settings().model_dir
+
+
+def converted_weights(lib: Any, gguf: Path, sha256: str, kind: str, cache_dir: Path) -> Path:
+    """``gguf`` rewritten as ``kind`` (f16, q8_0) once into ``cache_dir``; its path.
+
+    Why: SmolLM2 ships as Q4_1, whose llama.cpp kernels quantize activations and take
+    other paths in a batch, so a row's greedy text changed with its neighbours (5 of 16
+    fixed prompts kept it) and matched the fp32 transformers engine on 9 of 16. In f16,
+    which holds every Q4_1 weight as it dequantizes, both were 16 of 16, and 16 rows
+    decoded 242 tok/s against Q4_1's 176 (one row 95 against 113).
+    """
+    target = Path(cache_dir).expanduser() / f"{gguf.stem}-{sha256[:12]}.{kind}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if target.is_file():  # another process converted meanwhile
+            return target
+        log.info("converting %s to %s in %s (one-off, ~1 s)", gguf, kind, target)
+        params = lib.llama_model_quantize_default_params()
+        params.ftype = getattr(lib, WEIGHT_FTYPES[kind])
+        params.allow_requantize = True  # from the GGUF's own 4-bit type
+        params.nthread = os.cpu_count() or 1
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            rc = lib.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
+            if rc != 0 or not tmp.is_file():
+                raise ModelMissingError(
+                    f"llama.cpp could not convert {gguf} to {kind} (llama_model_quantize returned {rc}); "
+                    "set ASSAY_LLAMA_WEIGHTS=source to load the GGUF as it is",
+                    model=str(gguf),
+                )
+            os.replace(tmp, target)  # whole or absent: a reader never sees half a file
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
 class _Detokenizer:
     """What ``Row`` needs of a tokenizer: ``decode`` without special tokens, as text."""
 
@@ -113,6 +166,9 @@ class _Loaded:
     llm: Any
     lib: Any
     path: Path
+    """The GGUF as found (its hash identifies the model)."""
+    weights: Path
+    """The file llama.cpp loaded: ``path`` converted to ``options.llama_weights``, or ``path`` itself."""
     model_id: str
     sha256: str
     n_ctx: int
@@ -121,21 +177,31 @@ class _Loaded:
     """A ``_Detokenizer``: stands in for the transformers tokenizer ``Row`` decodes with."""
     template: Any
     threads: int
+    context: LlamaContext
+    """The batched decoding context (its own KV cache of ``n_ctx`` cells, one sequence per row)."""
 
 
 class LlamaCppGenerator:
-    """SmolLM2 (or any GGUF chat model) on llama-cpp-python, one request at a time.
+    """SmolLM2 (or any GGUF chat model) on llama-cpp-python, rows batched per decode step.
 
     ``generate`` has the transformers ``Generator``'s contract: one output per request,
     samples as rows, finish reasons, token counts and streaming through ``on_text``.
     """
 
-    def __init__(self, model_id: str = DEFAULT_MODEL_ID, options: GeneratorOptions | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str = DEFAULT_MODEL_ID,
+        options: GeneratorOptions | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.model_id = model_id
         self.options = options or GeneratorOptions(generator_engine=ENGINE)
+        self._cache_dir = cache_dir
+        """Where converted weights go; None: the settings' model_dir."""
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._batch: LlamaRunningBatch | None = None
 
     def load(self) -> LlamaCppGenerator:
         """Open the GGUF once; later calls return at once."""
@@ -149,10 +215,16 @@ class LlamaCppGenerator:
     def _open(self) -> _Loaded:
         lib = require_llama_cpp()
         path, model_id = gguf_path(self.model_id)
+        sha256 = _file_sha256(path)
+        weights = path
+        if self.options.llama_weights != "source":
+            cache_dir = self._cache_dir or default_cache_dir()
+            weights = converted_weights(lib, path, sha256, self.options.llama_weights, cache_dir)
         threads = self.options.llama_threads or os.cpu_count() or 1
-        # n_ctx=0: the model's own training context, as the transformers engine allows.
+        # Llama loads the weights and the vocabulary; its own context only tokenizes here, so it
+        # stays small. Decoding runs on a context of ours that holds every row's sequence.
         llm = lib.Llama(
-            model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, verbose=False
+            model_path=str(weights), n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False
         )
         if openmp_build(lib):
             log.warning(
@@ -174,9 +246,20 @@ class LlamaCppGenerator:
                 trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
             )
             template = env.from_string(source)
+        # n_ctx: the model's own training context unless set; every row may use all of it.
+        n_ctx = self.options.llama_context or int(lib.llama_model_n_ctx_train(llm.model))
+        context = LlamaContext.open(
+            lib,
+            llm.model,
+            n_ctx=n_ctx,
+            n_seq=self.options.max_batch_size,
+            n_batch=LLAMA_BATCH,
+            threads=threads,
+        )
         return _Loaded(
-            llm=llm, lib=lib, path=path, model_id=model_id, sha256=_file_sha256(path), n_ctx=llm.n_ctx(),
-            eog=eog, detok=_Detokenizer(llm), template=template, threads=threads,
+            llm=llm, lib=lib, path=path, weights=weights, model_id=model_id, sha256=sha256,
+            n_ctx=context.n_ctx, eog=eog, detok=_Detokenizer(llm), template=template, threads=threads,
+            context=context,
         )  # fmt: skip
 
     def _state(self) -> _Loaded:
@@ -201,9 +284,16 @@ class LlamaCppGenerator:
             "source": f"gguf:{s.sha256[:12]}",
             "revision": s.sha256,
             "path": str(s.path),
+            "weights": str(s.weights),
             "device": "cpu",
-            "dtype": "gguf",
-            "optimizations": {"threads": s.threads, "n_ctx": s.n_ctx, "concurrency": "serial"},
+            "dtype": self.options.llama_weights,
+            "optimizations": {
+                "threads": s.threads,
+                "n_ctx": s.n_ctx,
+                "concurrency": "batched",
+                "max_rows": s.context.n_seq,
+                "n_batch": s.context.n_batch,
+            },
             "versions": {"llama_cpp": str(getattr(s.lib, "__version__", "unknown"))},
         }
 
@@ -228,64 +318,94 @@ class LlamaCppGenerator:
         return list(ids)
 
     def generate(self, requests: Sequence[DecodeRequest]) -> list[GenerationOutput]:
-        """Decode every request, one sample at a time."""
-        s = self._state()
-        with self._lock:  # one Llama, one caller at a time
-            return [self._one(s, request, i) for i, request in enumerate(requests)]
+        """Decode every request, their rows batched per step; raises InputError naming a bad request."""
+        if not requests:
+            return []
+        self._state()
+        with self._lock:  # one Llama and one decoding context, one caller at a time
+            per_request = [self.rows_for(request, i) for i, request in enumerate(requests)]
+            batch = self._batch if self._batch is not None and not self._batch.closed else self._new_batch()
+            if len(batch):
+                raise RuntimeError("generate() called while a ContinuousBatcher decodes on this generator")
+            started = time.perf_counter()
+            batch.admit([row for rows, _ in per_request for row in rows])
+            peers = 0
+            try:
+                while len(batch):
+                    batch.step()
+                    peers = max(peers, batch.decoding)
+            except BaseException:
+                batch.reset()  # empty again for the next caller (or the front sharing it)
+                raise
+            spent = (time.perf_counter() - started) * 1000
+        return [self.output(rows, n, spent, peers) for rows, n in per_request]
 
-    def _one(self, s: _Loaded, request: DecodeRequest, index: int) -> GenerationOutput:
+    def rows_for(self, request: DecodeRequest, index: int = 0) -> tuple[list[Row], int]:
+        """The rows of ``request`` (one per sample, sample k seeded ``seed + k``) and its prompt's length.
+
+        Raises InputError (with ``request_index=index``) for a prompt the context cannot take.
+        """
+        s = self._state()
         ids = self.encode(request)
         if len(ids) >= s.n_ctx:
             raise InputError(
                 f"prompt has {len(ids)} tokens; the model's context is {s.n_ctx}", request_index=index
             )
         budget = min(request.params.max_new_tokens, s.n_ctx - len(ids))
-        started = time.perf_counter()
         rows = []
         for k in range(request.num_return_sequences):
-            # Sample k is seeded seed + k; only the first streams.
-            params = request.params.with_seed_offset(k)
+            # Only the first sample streams; every sample of a cancelled request stops.
             on_text = request.on_text if k == 0 else None
-            row = Row(
-                index, k, ids, params, budget, None, ignore_eos=request.ignore_eos, on_text=on_text,
-                cancel=request.cancel,
+            rows.append(
+                Row(
+                    index, k, ids, request.params.with_seed_offset(k), budget, None,
+                    ignore_eos=request.ignore_eos, on_text=on_text, cancel=request.cancel,
+                )
             )  # fmt: skip
-            self._decode(s, row)
-            rows.append(row)
-        texts = [r.text(s.detok) for r in rows]
-        reasons: list[FinishReason] = [r.finish_reason or "length" for r in rows]
+        return rows, len(ids)
+
+    def output(
+        self, rows: Sequence[Row], prompt_tokens: int, spent_ms: float, peers: int
+    ) -> GenerationOutput:
+        """One request's output from its finished rows."""
+        detok = self._state().detok
+        mine = sorted(rows, key=lambda r: r.sample_index)
+        texts = [r.text(detok) for r in mine]
+        reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
         return GenerationOutput(
             text=texts[0],
             samples=texts,
             finish_reason=reasons[0],
-            prompt_tokens=len(ids),
-            completion_tokens=sum(len(r.tokens) for r in rows),
-            generate_ms=round((time.perf_counter() - started) * 1000, 2),
-            batch_rows=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(len(r.tokens) for r in mine),
+            generate_ms=round(spent_ms, 2),
+            batch_rows=max(peers, 1),
             sample_finish_reasons=reasons,
         )
 
-    def _decode(self, s: _Loaded, row: Row) -> None:
-        """Prefill the row's prompt, then sample and feed one token at a time until it finishes."""
-        if row.cancelled():  # cancelled while it waited its turn
-            row.publish(s.detok)
-            return
-        llm, lib = s.llm, s.lib
-        chain = _sampler_chain(lib, row.params, s.n_ctx, llm.n_vocab())
-        try:
-            for token in row.prompt_ids:  # the repetition penalty counts the prompt, as HF's does
-                lib.llama_sampler_accept(chain, token)
-            llm.reset()
-            llm.eval(row.prompt_ids)
-            while True:
-                token = int(lib.llama_sampler_sample(chain, llm.ctx, -1))
-                done = row.cancelled() or row.advance(token, s.eog, s.detok)
-                row.publish(s.detok)
-                if done:
-                    return
-                llm.eval([token])
-        finally:
-            lib.llama_sampler_free(chain)
+    @property
+    def continuous(self) -> bool:
+        """Rows join and leave the running batch between steps (always, on this engine)."""
+        return True
+
+    def running_batch(self) -> LlamaRunningBatch:
+        """A fresh batch on the decoding context; the one before it is closed (its rows dropped)."""
+        with self._lock:
+            return self._new_batch()
+
+    def _new_batch(self) -> LlamaRunningBatch:
+        s = self._state()
+        if self._batch is not None:
+            self._batch.close()
+        self._batch = LlamaRunningBatch(
+            s.context, lambda row: _sampler_chain(s.lib, row.params, s.n_ctx, s.llm.n_vocab()), s.eog, s.detok
+        )
+        return self._batch
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the model runs: a scheduler holds it around each admit and step."""
+        return self._lock
 
 
 def _sampler_chain(lib: Any, params: SamplingParams, n_ctx: int, n_vocab: int) -> Any:

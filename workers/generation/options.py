@@ -123,6 +123,7 @@ DTYPES: dict[str, torch.dtype | None] = {
 
 
 GeneratorEngine: TypeAlias = Literal["transformers", "llama-cpp"]
+LlamaWeights: TypeAlias = Literal["f16", "q8_0", "source"]
 ENGINES: tuple[GeneratorEngine, ...] = ("transformers", "llama-cpp")
 
 
@@ -132,9 +133,17 @@ class GeneratorOptions:
 
     generator_engine: GeneratorEngine = "transformers"
     """transformers (torch, batched decoding; the options below) or llama-cpp (the GGUF on
-    llama-cpp-python, one request at a time; only ``llama_threads`` applies)."""
+    llama-cpp-python, rows batched per decode step; ``llama_threads``, ``llama_context``,
+    ``max_batch_size`` and ``continuous_batching`` apply)."""
     llama_threads: int = 0
     """Threads of the llama-cpp engine; 0: every core."""
+    llama_weights: LlamaWeights = "f16"
+    """Weights the llama-cpp engine decodes with: the GGUF converted once to f16 (every Q4_1
+    weight as it dequantizes: greedy text as the fp32 transformers engine's, whatever the batch)
+    or q8_0, or the GGUF as it is (source: 4-bit kernels, whose text can change with the batch)."""
+    llama_context: int = 0
+    """KV cache cells of the llama-cpp engine, shared by the rows decoding at once (each may use
+    all of them); 0: the model's training context (8192 for SmolLM2, ~190 MB of cache)."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     dtype: str = "auto"
@@ -170,6 +179,10 @@ class GeneratorOptions:
             )
         if self.llama_threads < 0:
             raise ConfigError("llama_threads must be >= 0")
+        if self.llama_weights not in ("f16", "q8_0", "source"):
+            raise ConfigError(f"llama_weights must be f16, q8_0 or source, not {self.llama_weights!r}")
+        if self.llama_context < 0:
+            raise ConfigError("llama_context must be >= 0")
         if self.attn_implementation not in {"sdpa", "eager"}:
             raise ConfigError(f"attn_implementation must be sdpa or eager, not {self.attn_implementation!r}")
         if self.dtype.lower() not in DTYPES:
