@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from evaluators.contracts import SamplingParams
 from evaluators.errors import InputError
 from workers.generation.loading import Loaded, forward_last_logits, load_model, prepare
-from workers.generation.options import DecodeRequest, FinishReason, GenerationOutput, GeneratorOptions
+from workers.generation.options import DecodeRequest, GenerationOutput, GeneratorOptions
 from workers.generation.resolve import DEFAULT_MODEL_ID, ResolvedModel
 from workers.generation.running import RunningBatch, left_padded
-from workers.generation.sampling import Row, Sampler
+from workers.generation.sampling import Row, Sampler, request_output, request_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -159,46 +160,22 @@ class Generator:
         """
         state = self._state()
         ids = self.encode(request)
-        if len(ids) >= state.max_context:
-            raise InputError(
-                f"prompt has {len(ids)} tokens; the model's context is {state.max_context}",
-                request_index=index,
-            )
-        budget = min(request.params.max_new_tokens, state.max_context - len(ids))
-        rows = []
-        for k in range(request.num_return_sequences):
-            gen = None
-            if request.params.seed is not None:
-                gen = torch.Generator(device=state.device)
-                gen.manual_seed(request.params.seed + k)
-            # Only the first sample streams; every sample of a cancelled request stops.
-            on_text = request.on_text if k == 0 else None
-            rows.append(
-                Row(
-                    index, k, ids, request.params, budget, gen, ignore_eos=request.ignore_eos,
-                    on_text=on_text, cancel=request.cancel,
-                )
-            )  # fmt: skip
-        return rows, len(ids)
+
+        def sample(k: int) -> tuple[SamplingParams, torch.Generator | None]:
+            # A seeded sample draws from its own torch generator, seeded seed + k.
+            if request.params.seed is None:
+                return request.params, None
+            gen = torch.Generator(device=state.device)
+            gen.manual_seed(request.params.seed + k)
+            return request.params, gen
+
+        return request_rows(request, ids, state.max_context, index, sample), len(ids)
 
     def output(
         self, rows: Sequence[Row], prompt_tokens: int, spent_ms: float, peers: int
     ) -> GenerationOutput:
         """One request's output from its finished rows."""
-        tokenizer = self._state().tokenizer
-        mine = sorted(rows, key=lambda r: r.sample_index)
-        texts = [r.text(tokenizer) for r in mine]
-        reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
-        return GenerationOutput(
-            text=texts[0],
-            samples=texts,
-            finish_reason=reasons[0],
-            prompt_tokens=prompt_tokens,
-            completion_tokens=sum(len(r.tokens) for r in mine),
-            generate_ms=round(spent_ms, 2),
-            batch_rows=peers,
-            sample_finish_reasons=reasons,
-        )
+        return request_output(rows, self._state().tokenizer, prompt_tokens, spent_ms, peers)
 
     @property
     def continuous(self) -> bool:

@@ -42,7 +42,6 @@ from evaluators.errors import ConfigError, InputError, ModelMissingError
 from workers.generation.llama_batch import LlamaContext, LlamaRunningBatch
 from workers.generation.options import (
     DecodeRequest,
-    FinishReason,
     GenerationOutput,
     GeneratorEngine,
     GeneratorOptions,
@@ -55,7 +54,7 @@ from workers.generation.resolve import (
     _file_sha256,
     smollm2_gguf_path,
 )
-from workers.generation.sampling import Row
+from workers.generation.sampling import Row, request_output, request_rows
 
 log = logging.getLogger(__name__)
 
@@ -347,41 +346,17 @@ class LlamaCppGenerator:
         """
         s = self._state()
         ids = self.encode(request)
-        if len(ids) >= s.n_ctx:
-            raise InputError(
-                f"prompt has {len(ids)} tokens; the model's context is {s.n_ctx}", request_index=index
-            )
-        budget = min(request.params.max_new_tokens, s.n_ctx - len(ids))
-        rows = []
-        for k in range(request.num_return_sequences):
-            # Only the first sample streams; every sample of a cancelled request stops.
-            on_text = request.on_text if k == 0 else None
-            rows.append(
-                Row(
-                    index, k, ids, request.params.with_seed_offset(k), budget, None,
-                    ignore_eos=request.ignore_eos, on_text=on_text, cancel=request.cancel,
-                )
-            )  # fmt: skip
+        # llama.cpp draws from a sampler chain seeded with the row's own seed.
+        rows = request_rows(
+            request, ids, s.n_ctx, index, lambda k: (request.params.with_seed_offset(k), None)
+        )
         return rows, len(ids)
 
     def output(
         self, rows: Sequence[Row], prompt_tokens: int, spent_ms: float, peers: int
     ) -> GenerationOutput:
         """One request's output from its finished rows."""
-        detok = self._state().detok
-        mine = sorted(rows, key=lambda r: r.sample_index)
-        texts = [r.text(detok) for r in mine]
-        reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
-        return GenerationOutput(
-            text=texts[0],
-            samples=texts,
-            finish_reason=reasons[0],
-            prompt_tokens=prompt_tokens,
-            completion_tokens=sum(len(r.tokens) for r in mine),
-            generate_ms=round(spent_ms, 2),
-            batch_rows=max(peers, 1),
-            sample_finish_reasons=reasons,
-        )
+        return request_output(rows, self._state().detok, prompt_tokens, spent_ms, peers)
 
     @property
     def continuous(self) -> bool:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from evaluators.contracts import SamplingParams
-from workers.generation.options import FinishReason
+from evaluators.errors import InputError
+from workers.generation.options import DecodeRequest, FinishReason, GenerationOutput
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -108,6 +109,56 @@ class Row:
             return False
         self.stop_text = text[: min(hits)]
         return True
+
+
+def request_rows(
+    request: DecodeRequest,
+    ids: list[int],
+    context: int,
+    index: int,
+    sample: Callable[[int], tuple[SamplingParams, torch.Generator | None]],
+) -> list[Row]:
+    """The rows of ``request``, one per sample; ``sample(k)`` gives sample k's parameters and generator.
+
+    Raises InputError (with ``request_index=index``) for a prompt the context cannot take; the
+    token budget is cut to what fits beside the prompt.
+    """
+    if len(ids) >= context:
+        raise InputError(
+            f"prompt has {len(ids)} tokens; the model's context is {context}", request_index=index
+        )
+    budget = min(request.params.max_new_tokens, context - len(ids))
+    rows = []
+    for k in range(request.num_return_sequences):
+        params, generator = sample(k)
+        # Only the first sample streams; every sample of a cancelled request stops.
+        on_text = request.on_text if k == 0 else None
+        rows.append(
+            Row(
+                index, k, ids, params, budget, generator, ignore_eos=request.ignore_eos, on_text=on_text,
+                cancel=request.cancel,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def request_output(
+    rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, prompt_tokens: int, spent_ms: float, peers: int
+) -> GenerationOutput:
+    """One request's output from its finished rows (sample 0 first), on either engine."""
+    mine = sorted(rows, key=lambda r: r.sample_index)
+    texts = [r.text(tokenizer) for r in mine]
+    reasons: list[FinishReason] = [r.finish_reason or "length" for r in mine]
+    return GenerationOutput(
+        text=texts[0],
+        samples=texts,
+        finish_reason=reasons[0],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=sum(len(r.tokens) for r in mine),
+        generate_ms=round(spent_ms, 2),
+        batch_rows=max(peers, 1),
+        sample_finish_reasons=reasons,
+    )
 
 
 @dataclass
