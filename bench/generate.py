@@ -261,6 +261,13 @@ def main() -> int:
     parser.add_argument(
         "--skip-llama-engine", action="store_true", help="not the queue on ASSAY_GENERATOR_ENGINE=llama-cpp"
     )
+    parser.add_argument(
+        "--llama-weights", default="f16", choices=["f16", "q8_0", "source"],
+        help="ASSAY_LLAMA_WEIGHTS of the llama engine's run (default f16, the engine's default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-transformers", action="store_true", help="not the transformers engine's queue"
+    )
     parser.add_argument("--json", help="also write results here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -271,7 +278,8 @@ def main() -> int:
 
     ways: dict[str, dict[str, dict[str, float]]] = {}
     with running_redis() as redis_url:
-        ways["continuous"] = through_queue(levels, args.tokens, redis_url, {})
+        if not args.skip_transformers:
+            ways["continuous"] = through_queue(levels, args.tokens, redis_url, {})
         if not args.skip_gathered:
             ways["gathered"] = through_queue(
                 levels, args.tokens, redis_url, {"ASSAY_CONTINUOUS_BATCHING": "false"}
@@ -282,7 +290,10 @@ def main() -> int:
             print("llama.cpp engine skipped: llama_cpp not importable here (make llama-cpp)", file=sys.stderr)
         else:
             ways["llama engine"] = through_queue(
-                levels, args.tokens, redis_url, {"ASSAY_GENERATOR_ENGINE": "llama-cpp"}
+                levels,
+                args.tokens,
+                redis_url,
+                {"ASSAY_GENERATOR_ENGINE": "llama-cpp", "ASSAY_LLAMA_WEIGHTS": args.llama_weights},
             )
     ways["naive"] = {str(n): r for n, r in naive(levels, args.tokens).items()}
     llama = llama_reference(args.llama_python, levels, args.tokens)
