@@ -140,12 +140,9 @@ class FakeContext:
         self.decodes: list[int] = []  # tokens per decode call
         self.max_seqs = 0  # most sequences in one decode
         self._inside = threading.Lock()
-        self.freed = False
         FakeContext.live.add(self)
 
     def enter(self) -> None:
-        if self.freed:
-            raise Misuse("context used after llama_free")
         if not self._inside.acquire(blocking=False):
             raise Misuse("llama context used from two threads at once")
 
@@ -194,7 +191,7 @@ class FakeContext:
 
 class FakeBatch:
     def __init__(self, size: int) -> None:
-        self.size, self.n_tokens, self.freed = size, 0, False
+        self.size, self.n_tokens = size, 0
         self.token, self.pos, self.n_seq_id = [0] * size, [0] * size, [0] * size
         self.seq_id, self.logits = [[0] for _ in range(size)], [0] * size
 
@@ -265,20 +262,9 @@ def fake_module() -> types.ModuleType:
         llm = next(x for x in FakeLlama.instances if x.model is model)
         return FakeContext(llm, params)
 
-    def free_context(ctx: FakeContext) -> None:
-        if ctx.freed:
-            raise Misuse("llama_free twice")
-        ctx.freed = True
-        FakeContext.live.discard(ctx)
-
     def batch_init(n: int, embd: int, n_seq: int) -> FakeBatch:
         assert embd == 0 and n_seq == 1, "token batches, one sequence per token"
         return FakeBatch(n)
-
-    def batch_free(batch: FakeBatch) -> None:
-        if batch.freed:
-            raise Misuse("llama_batch_free twice")
-        batch.freed = True
 
     def memory(ctx: FakeContext) -> tuple[str, FakeContext]:
         return ctx.memory
@@ -312,11 +298,9 @@ def fake_module() -> types.ModuleType:
         no_perf=False,
     )  # fmt: skip
     m.llama_init_from_model = init_from_model  # type: ignore[attr-defined]
-    m.llama_free = free_context  # type: ignore[attr-defined]
     m.llama_n_ctx = lambda ctx: ctx.n_ctx  # type: ignore[attr-defined]
     m.llama_model_n_ctx_train = lambda model: FakeLlama.model_context  # type: ignore[attr-defined]
     m.llama_batch_init = batch_init  # type: ignore[attr-defined]
-    m.llama_batch_free = batch_free  # type: ignore[attr-defined]
     m.llama_get_memory = memory  # type: ignore[attr-defined]
     m.llama_memory_clear = memory_clear  # type: ignore[attr-defined]
     m.llama_memory_seq_rm = seq_rm  # type: ignore[attr-defined]

@@ -34,7 +34,10 @@ from workers.generation.sampling import Row
 
 @dataclass
 class LlamaContext:
-    """A llama.cpp context of its own for batched decoding, and its reusable batch."""
+    """A llama.cpp context of its own for batched decoding, and its reusable batch.
+
+    It lives as long as its generator, which the model registry keeps for the process.
+    """
 
     lib: Any
     ctx: Any
@@ -69,10 +72,6 @@ class LlamaContext:
             n_seq=n_seq, n_batch=n_batch,
         )  # fmt: skip
 
-    def close(self) -> None:
-        self.lib.llama_batch_free(self.batch)
-        self.lib.llama_free(self.ctx)
-
 
 @dataclass
 class _Live:
@@ -101,13 +100,10 @@ class LlamaRunningBatch:
         """``Row -> sampler chain``: the engine's chain for a row's parameters."""
         self._eog = eog
         self._detok = detok
-        self._waiting: deque[Row] = deque()
         self._live: list[_Live] = []
-        self._free_seqs = list(range(context.n_seq - 1, -1, -1))
-        self._reserved = 0
         self.closed = False
         # A batch starts on an empty cache (a batch before it may have failed mid-step).
-        context.lib.llama_memory_clear(context.memory, True)
+        self.reset()
 
     def __len__(self) -> int:
         """Rows admitted and not finished (decoding, or waiting for cache cells)."""
@@ -167,7 +163,8 @@ class LlamaRunningBatch:
         """Drop every row (their sampler chains and sequences): an empty batch on an empty cache."""
         for live in self._live:
             self.c.lib.llama_sampler_free(live.chain)
-        self._live, self._waiting, self._reserved = [], deque(), 0
+        self._live, self._reserved = [], 0
+        self._waiting: deque[Row] = deque()
         self._free_seqs = list(range(self.c.n_seq - 1, -1, -1))
         self.c.lib.llama_memory_clear(self.c.memory, True)
 
