@@ -7,6 +7,7 @@ start-up failure without the library runs everywhere: a real worker process, wit
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import os
 import threading
@@ -179,6 +180,25 @@ def test_a_job_through_the_queue_runs_on_llama_cpp(llama_stack: Stack) -> None:
     assert "Paris" in result["output"] and result["finish_reason"] == "stop_sequence"
     assert result["model"]["engine"] == "llama-cpp" and result["model"]["batching"]["mode"] == "continuous"
     assert result["usage"]["completion_tokens"] > 0
+
+
+@needs_llama
+def test_concurrent_jobs_share_decode_steps_on_llama_cpp(llama_stack: Stack) -> None:
+    body = {"prompt": FRANCE, "params": {"temperature": 0, "max_new_tokens": 48}}
+
+    def one(_: int) -> Any:
+        with llama_stack.client() as c:
+            r = c.post("/v1/generations?wait=120", json=body)
+        assert r.status_code in (200, 202), r.text
+        return r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        jobs = list(pool.map(one, range(6)))
+    assert all(j["status"] == "succeeded" for j in jobs), jobs
+    results = [j["result"] for j in jobs]
+    # f16 weights: the same greedy text whichever jobs shared the batch.
+    assert {r["output"] for r in results} == {results[0]["output"]} and "Paris" in results[0]["output"]
+    assert max(r["batch_rows"] for r in results) > 1
 
 
 def test_a_worker_without_llama_cpp_stops_at_start_naming_the_install(tmp_path: Path) -> None:
