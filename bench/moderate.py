@@ -91,7 +91,7 @@ def naive_app(checkpoint: str, ner_model: str | None = None) -> Any:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-    from evaluators.checks.toxicity import _checkpoint_source
+    from evaluators.checks.toxicity_loading import _checkpoint_source
 
     provider = NlpEngineProvider(
         nlp_configuration={

@@ -20,6 +20,7 @@ NOT_CHECKS = {
     "pii_engine",
     "pii_recognizers",
     "pii_view",
+    "toxicity_loading",
 }
 
 
