@@ -126,7 +126,7 @@ def recipes() -> dict[str, Recipe]:
             description="PII tagger for PERSON, LOCATION, ORGANIZATION: fine-tuned MiniLM, window MLP",
             data=("ner",),
             code=("evaluators.ner_minilm", "evaluators.batched_encode", "evaluators.embeddings"),
-            trainer="evaluators.ner_minilm:train_ner",
+            trainer="evaluators.ner_training:train_ner",
             config={
                 "seed": 0,
                 "epochs": 2,

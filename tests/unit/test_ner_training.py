@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from evaluators import ner_minilm as nm  # noqa: E402
+from evaluators import ner_training as nt  # noqa: E402
 
 SENTENCES = [
     ["Jane", "Doe", "flew", "to", "Lisbon", "with", "#Arsenal", "fans"],
@@ -32,9 +33,9 @@ def minilm() -> tuple[Any, Any]:
 @pytest.mark.parametrize("frozen", [4, 5])
 def test_training_features_match_inference(minilm: tuple[Any, Any], frozen: int) -> None:
     model, tokenizer = minilm
-    cached = nm._cache_frozen(model, tokenizer, SENTENCES, frozen)
+    cached = nt._cache_frozen(model, tokenizer, SENTENCES, frozen)
     with torch.inference_mode():
-        batch = nm._top_features(model, cached, frozen)
+        batch = nt._top_features(model, cached, frozen)
     per_sentence = nm.WordEncoder(model=model, tokenizer=tokenizer).encode(SENTENCES)
     assert batch.shape == (
         len(SENTENCES),
@@ -53,11 +54,11 @@ def test_training_features_match_inference(minilm: tuple[Any, Any], frozen: int)
 
 def test_top_features_carry_gradients_to_trainable_layers(minilm: tuple[Any, Any]) -> None:
     model, tokenizer = minilm
-    cached = nm._cache_frozen(model, tokenizer, SENTENCES[:1], 5)
+    cached = nt._cache_frozen(model, tokenizer, SENTENCES[:1], 5)
     weight = model.encoder.layer[5].output.dense.weight
     frozen_weight = model.encoder.layer[4].output.dense.weight
     model.zero_grad(set_to_none=True)
-    nm._top_features(model, cached, 5).sum().backward()
+    nt._top_features(model, cached, 5).sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
     # The cached bottom is a constant: nothing flows back into it.
     assert frozen_weight.grad is None
