@@ -9,6 +9,7 @@ The real library is exercised by tests/integration/test_llama_engine.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -52,42 +53,47 @@ def byte_token(b: int) -> int:
     return 2 + b
 
 
-class FakeLlama:
+class OneCaller:
+    """The real objects take one thread at a time: a second one inside at once corrupts them."""
+
+    what = "object"
+
+    def __init__(self) -> None:
+        self._inside = threading.Lock()
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        if not self._inside.acquire(blocking=False):
+            raise Misuse(f"{self.what} used from two threads at once")
+        try:
+            yield
+        finally:
+            self._inside.release()
+
+
+class FakeLlama(OneCaller):
+    what = "Llama"
     instances: list[FakeLlama] = []
     model_context = 96
-    """The model's own context (small, to test the limit); ``n_ctx=0`` asks for it."""
+    """The model's training context (small, to test the limit), as llama_model_n_ctx_train gives it."""
 
     def __init__(self, *, model_path: str, n_ctx: int, n_threads: int, n_threads_batch: int, verbose: bool):
         if not Path(model_path).is_file():
             raise ValueError(f"Failed to load model from file: {model_path}")
+        super().__init__()
         self.model_path, self.threads = model_path, n_threads
-        self._n_ctx = n_ctx or FakeLlama.model_context
         self.model = object()
-        self.ctx = object()
         self.metadata = {"tokenizer.chat_template": TEMPLATE}
         self.tokenize_calls: list[tuple[bool, bool]] = []
-        self._inside = threading.Lock()
         FakeLlama.instances.append(self)
-
-    # A real Llama has one context and one batch: two threads at once corrupt it.
-    def _enter(self) -> None:
-        if not self._inside.acquire(blocking=False):
-            raise Misuse("Llama used from two threads at once")
-
-    def _leave(self) -> None:
-        self._inside.release()
 
     def n_vocab(self) -> int:
         return VOCAB
 
-    def n_ctx(self) -> int:
-        return self._n_ctx
-
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         if not isinstance(text, bytes):
             raise TypeError("tokenize takes utf-8 bytes")
-        self._enter()
-        try:
+        with self.inside():
             self.tokenize_calls.append((add_bos, special))
             out: list[int] = []
             i = 0
@@ -101,17 +107,12 @@ class FakeLlama:
                     out.append(byte_token(text[i]))
                     i += 1
             return out
-        finally:
-            self._leave()
 
     def detokenize(self, tokens: list[int], prev_tokens: Any = None, special: bool = False) -> bytes:
-        self._enter()
-        try:
+        with self.inside():
             return b"".join(
                 (SPECIALS[t] if special else b"") if t in SPECIALS else bytes([t - 2]) for t in tokens
             )
-        finally:
-            self._leave()
 
     @staticmethod
     def logits(step: int) -> list[float]:
@@ -123,12 +124,14 @@ class FakeLlama:
         return [5.0 if t == favourite else rnd.random() * 3 for t in range(VOCAB)]
 
 
-class FakeContext:
+class FakeContext(OneCaller):
     """A decoding context: a unified KV cache of ``n_ctx`` cells shared by ``n_seq_max`` sequences."""
 
+    what = "llama context"
     live: set[FakeContext] = set()
 
     def __init__(self, llm: FakeLlama, params: types.SimpleNamespace) -> None:
+        super().__init__()
         if not params.kv_unified:
             raise Misuse("the engine relies on a unified KV cache")
         self.llm, self.n_ctx, self.n_batch = llm, params.n_ctx, params.n_batch
@@ -139,19 +142,10 @@ class FakeContext:
         self.outputs: dict[int, int] = {}  # batch index -> sequence, from the last decode
         self.decodes: list[int] = []  # tokens per decode call
         self.max_seqs = 0  # most sequences in one decode
-        self._inside = threading.Lock()
         FakeContext.live.add(self)
 
-    def enter(self) -> None:
-        if not self._inside.acquire(blocking=False):
-            raise Misuse("llama context used from two threads at once")
-
-    def leave(self) -> None:
-        self._inside.release()
-
     def decode(self, batch: FakeBatch) -> int:
-        self.enter()
-        try:
+        with self.inside():
             time.sleep(0.0005)  # widen the window in which a second thread would be caught
             n = batch.n_tokens
             if not 0 < n <= min(self.n_batch, batch.size):
@@ -175,8 +169,6 @@ class FakeContext:
             self.decodes.append(n)
             self.max_seqs = max(self.max_seqs, len({batch.seq_id[i][0] for i in range(n)}))
             return 0
-        finally:
-            self.leave()
 
     def sample_logits(self, idx: int) -> list[float]:
         if idx not in self.outputs:
@@ -250,11 +242,8 @@ def fake_module() -> types.ModuleType:
         chain.check()
         if not isinstance(ctx, FakeContext):
             raise Misuse("sample takes the decoding context")
-        ctx.enter()
-        try:
+        with ctx.inside():
             token = _pick(chain, ctx.sample_logits(idx))
-        finally:
-            ctx.leave()
         chain.history.append(token)  # llama_sampler_sample accepts what it picked
         return token
 
